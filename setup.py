@@ -1,0 +1,27 @@
+"""vae_jax: variational autoencoders in JAX/Flax for MNIST-like data."""
+
+import setuptools
+
+setuptools.setup(
+    name="vae_jax",
+    version="0.1.0",
+    description="Functional JAX/Flax research codebase for variational autoencoders.",
+    packages=setuptools.find_packages(include=["vae_jax", "vae_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.5",
+        "flax>=0.10",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "clu>=0.0.12",
+        "tensorflow-cpu>=2.16",
+        "tensorboard>=2.16",
+        "tensorflow-datasets>=4.9.6",
+        "importlib_resources>=6",
+        "numpy>=1.26",
+        "matplotlib>=3.8",
+        "absl-py>=2.0",
+        "ml-collections>=0.1.1",
+    ],
+    extras_require={"test": ["pytest>=7", "chex>=0.1.87"]},
+)

@@ -1,0 +1,49 @@
+"""Shared fixtures: the offline TFDS source and a small config for fast runs."""
+
+import os
+import pathlib
+
+import pytest
+
+from vae_jax import config_schema
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def manual_dir() -> str | None:
+  """$VAE_JAX_MANUAL_DIR, else ../shared/data beside the checkout when it exists."""
+  candidates = [os.environ.get("VAE_JAX_MANUAL_DIR"), str(REPO_ROOT.parent / "shared" / "data")]
+  for candidate in candidates:
+    if candidate and os.path.isdir(os.path.join(candidate, "mnist")):
+      return candidate
+  return None
+
+
+@pytest.fixture(scope="session")
+def mnist_manual_dir() -> str:
+  path = manual_dir()
+  if path is None:
+    pytest.skip("No offline MNIST files: set VAE_JAX_MANUAL_DIR (see README).")
+  return path
+
+
+@pytest.fixture(scope="session")
+def tfds_data_dir(tmp_path_factory) -> str:
+  """A fresh TFDS data dir per session, so the real preparation path is exercised."""
+  return str(tmp_path_factory.mktemp("tensorflow_datasets"))
+
+
+def tiny_config(**data_overrides):
+  """A small MLP VAE that trains in seconds."""
+  config = config_schema.default_config()
+  config.model.hidden_dims = (32,)
+  config.model.latent_dim = 4
+  config.train.batch_size = 16
+  config.train.num_steps = 8
+  config.train.log_every_steps = 4
+  config.eval.batch_size = 500
+  config.figures.num_reconstructions = 4
+  config.figures.num_prior_samples = 4
+  for key, value in data_overrides.items():
+    config.data[key] = value
+  return config

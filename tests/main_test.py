@@ -1,0 +1,124 @@
+"""End to end through the real entry point and the real TFDS path, plus bad input."""
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT, tiny_config
+from vae_jax import config_schema
+from vae_jax import train
+
+_TINY_FLAGS = [
+    "--config.model.hidden_dims=(32,)", "--config.model.latent_dim=4",
+    "--config.train.batch_size=50", "--config.train.num_steps=30",
+    "--config.train.log_every_steps=10", "--config.figures.num_prior_samples=4",
+]
+
+
+def _run_main(*flags, env_extra=None, timeout=600):
+  env = dict(os.environ, **(env_extra or {}))
+  return subprocess.run([sys.executable, "-m", "vae_jax.main", *flags], cwd=REPO_ROOT,
+                        env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_tiny_main_run_writes_metrics_checkpoint_and_figures(tmp_path, mnist_manual_dir,
+                                                             tfds_data_dir):
+  workdir = tmp_path / "run"
+  result = _run_main("--config=configs/mlp.py", f"--workdir={workdir}",
+                     f"--config.data.tfds_data_dir={tfds_data_dir}", *_TINY_FLAGS,
+                     env_extra={"VAE_JAX_MANUAL_DIR": mnist_manual_dir})
+  assert result.returncode == 0, result.stderr[-5000:]
+  assert "test -ELBO" in result.stderr
+  assert (workdir / "config.json").is_file()
+  events = list(workdir.glob("events.out.tfevents.*"))
+  assert len(events) == 1
+  event_bytes = events[0].read_bytes()
+  for tag in (b"train_neg_elbo", b"train_reconstruction", b"train_kl", b"test_neg_elbo"):
+    assert tag in event_bytes, tag
+  assert (workdir / "checkpoints" / "30").is_dir()
+  for name in ("reconstructions.png", "prior_samples.png"):
+    png = (workdir / "figures" / name).read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 1000
+
+
+def test_unknown_config_key_fails_before_any_work(tmp_path):
+  start = time.time()
+  result = _run_main("--config=configs/mlp.py", f"--workdir={tmp_path}",
+                     "--config.model.latnt_dim=3")
+  assert result.returncode != 0
+  assert "latnt_dim" in result.stderr
+  assert not (tmp_path / "config.json").exists()
+  assert time.time() - start < 60
+
+
+def test_bad_enum_value_names_the_key_and_the_allowed_values(tmp_path):
+  result = _run_main("--config=configs/mlp.py", f"--workdir={tmp_path}",
+                     "--config.data.binarization=foo")
+  assert result.returncode != 0
+  assert "config.data.binarization='foo'" in result.stderr
+  assert "'none', 'dynamic', 'static'" in result.stderr
+  assert not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("model.name", "transformer", "config.model.name='transformer' is not one of"),
+    ("model.likelihood", "poisson", "config.model.likelihood='poisson' is not one of"),
+    ("data.name", "cifar10", "config.data.name='cifar10' is not one of"),
+    ("loss.objective", "vimco", "config.loss.objective='vimco' is not one of"),
+    ("train.batch_size", 0, "config.train.batch_size=0 must be a positive integer"),
+    ("data.binarization", "static", "needs a statically binarized dataset"),
+])
+def test_validate_rejects_bad_values(key, value, expected):
+  config = config_schema.default_config()
+  section, name = key.split(".")
+  config[section][name] = value
+  with pytest.raises(ValueError, match=expected.replace("(", r"\(")):
+    config_schema.validate(config)
+
+
+def test_static_dataset_requires_static_binarization():
+  config = config_schema.default_config()
+  config.data.name = "binarized_mnist"
+  with pytest.raises(ValueError, match="already binarized"):
+    config_schema.validate(config)
+  config.data.binarization = "static"
+  config_schema.validate(config)
+
+
+def test_shipped_configs_load_locked_and_validate():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  for path in sorted((REPO_ROOT / "configs").glob("*.py")):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.lock()
+    config_schema.validate(config)
+
+
+def _tiny_offline_config(manual_dir, tfds_data_dir, **train_overrides):
+  config = tiny_config(manual_dir=manual_dir, tfds_data_dir=tfds_data_dir)
+  for key, value in train_overrides.items():
+    config.train[key] = value
+  return config
+
+
+def test_same_seed_gives_identical_metrics_twice(tmp_path, mnist_manual_dir, tfds_data_dir):
+  config = _tiny_offline_config(mnist_manual_dir, tfds_data_dir)
+  first = train.train_and_evaluate(config, str(tmp_path / "a"))
+  second = train.train_and_evaluate(config, str(tmp_path / "b"))
+  assert first == second
+  assert np.isfinite(first["test_neg_elbo"])
+
+
+def test_non_finite_loss_stops_training_naming_the_step(tmp_path, mnist_manual_dir,
+                                                         tfds_data_dir):
+  config = _tiny_offline_config(mnist_manual_dir, tfds_data_dir, learning_rate=1e8,
+                                num_steps=40)
+  with pytest.raises(train.NonFiniteLossError, match=r"at step \d+"):
+    train.train_and_evaluate(config, str(tmp_path / "nan"))
+  assert not (tmp_path / "nan" / "checkpoints" / "40").exists()

@@ -1,0 +1,160 @@
+"""TFDS -> numpy -> device arrays; splits, shuffling, binarization.
+
+Each split is read once with `tfds.load` into uint8 numpy arrays and placed on the devices
+whole; batches are gathered on the device from index arrays, so the training loop never
+touches tf.data. Offline machines point TFDS at the original files with
+`config.data.manual_dir` or `$VAE_JAX_MANUAL_DIR` (one sub-folder per TFDS dataset name).
+"""
+
+import dataclasses
+import os
+import socket
+import urllib.parse
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MANUAL_DIR_ENV = "VAE_JAX_MANUAL_DIR"
+# How long to wait for a download host before declaring the machine offline.
+_NETWORK_PROBE_TIMEOUT_SECONDS = 5.0
+
+
+class DataError(RuntimeError):
+  """The dataset is missing, unreachable or corrupt; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split on the host: uint8 images (N, 28, 28, 1) in 0..255, int32 labels or None."""
+  images: np.ndarray
+  labels: np.ndarray | None
+
+  @property
+  def num_examples(self) -> int:
+    return self.images.shape[0]
+
+
+def resolve_manual_dir(data_config) -> str | None:
+  return data_config.manual_dir or os.environ.get(MANUAL_DIR_ENV) or None
+
+
+def _expected_files(builder) -> list[str]:
+  return sorted(info.filename or url.rsplit("/", 1)[-1]
+                for url, info in (builder.url_infos or {}).items())
+
+
+def _hosts_reachable(builder) -> bool:
+  for url in (builder.url_infos or {}):
+    parsed = urllib.parse.urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+      socket.create_connection((parsed.hostname, port),
+                               timeout=_NETWORK_PROBE_TIMEOUT_SECONDS).close()
+    except OSError:
+      return False
+  return True
+
+
+def _prepare(builder, name: str, manual_dir: str | None) -> None:
+  """Runs TFDS preparation, failing fast with a clear message when it cannot succeed."""
+  # Heavy (TensorFlow); only needed here.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core.download import download_manager  # pylint: disable=g-import-not-at-top
+
+  expected = _expected_files(builder)
+  if manual_dir:
+    dataset_dir = os.path.join(manual_dir, name)
+    missing = [f for f in expected if not os.path.isfile(os.path.join(dataset_dir, f))]
+    if missing:
+      raise DataError(
+          f"Dataset {name!r} is not prepared in {builder.data_dir} and its original files are "
+          f"missing from {dataset_dir}: {', '.join(missing)}. The manual directory comes from "
+          f"config.data.manual_dir or ${MANUAL_DIR_ENV}; it must hold one sub-folder per TFDS "
+          f"dataset name with the files {', '.join(expected)}.")
+  else:
+    dataset_dir = None
+    if not _hosts_reachable(builder):
+      raise DataError(
+          f"Dataset {name!r} is not prepared in {builder.data_dir} and its download hosts are "
+          f"unreachable (offline?). Put the original files {', '.join(expected)} in "
+          f"<dir>/{name}/ and set ${MANUAL_DIR_ENV}=<dir> or --config.data.manual_dir=<dir>.")
+  logging.info("Preparing %s with TFDS (manual files: %s).", name, dataset_dir or "download")
+  try:
+    builder.download_and_prepare(
+        # One download folder per dataset: TFDS names extracted manual files by file name
+        # alone, and mnist and fashion_mnist share file names, so a shared folder would
+        # silently hand one dataset the other's pixels.
+        download_dir=os.path.join(builder.data_dir_root, "downloads", name),
+        download_config=tfds.download.DownloadConfig(manual_dir=dataset_dir))
+  except download_manager.NonMatchingChecksumError as error:
+    raise DataError(
+        f"A source file of {name!r} is corrupt or not the original (its checksum does not "
+        f"match TFDS's registered one). Replace it with the original file.\n{error}") from None
+
+
+def load_splits(data_config) -> dict[str, Split]:
+  """Returns {'train', 'validation', 'test'} splits of `data_config.name` as numpy."""
+  import tensorflow_datasets as tfds  # Heavy (TensorFlow); only needed here.
+
+  name = data_config.name
+  data_dir = data_config.tfds_data_dir or None
+  builder = tfds.builder(name, data_dir=data_dir)
+  if not builder.is_prepared():
+    _prepare(builder, name, resolve_manual_dir(data_config))
+
+  splits = builder.info.splits
+  if "validation" in splits:
+    split_names = {"train": "train", "validation": "validation", "test": "test"}
+  else:
+    # The validation split is the last `validation_size` examples in TFDS's (fixed) order.
+    num_train = splits["train"].num_examples - data_config.validation_size
+    if num_train <= 0:
+      raise ValueError(f"config.data.validation_size={data_config.validation_size} leaves no "
+                       f"training examples in {name!r}.")
+    split_names = {"train": f"train[:{num_train}]",
+                   "validation": f"train[{num_train}:]" if data_config.validation_size else None,
+                   "test": "test"}
+
+  loaded = {}
+  for split, tfds_split in split_names.items():
+    if tfds_split is None:  # validation_size == 0.
+      loaded[split] = Split(np.zeros((0, 28, 28, 1), np.uint8), np.zeros((0,), np.int32))
+      continue
+    arrays = tfds.as_numpy(tfds.load(name, split=tfds_split, data_dir=data_dir,
+                                     batch_size=-1, download=False))
+    images = np.asarray(arrays["image"], np.uint8).reshape(-1, 28, 28, 1)
+    if name == "binarized_mnist":
+      images = images * np.uint8(255)  # 0/1 -> 0/255, so every dataset is scaled alike.
+    labels = np.asarray(arrays["label"], np.int32) if "label" in arrays else None
+    loaded[split] = Split(images, labels)
+  logging.info("Loaded %s: %s.", name,
+               ", ".join(f"{k} {v.num_examples}" for k, v in loaded.items()))
+  return loaded
+
+
+def to_device(split: Split, sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
+  """The whole split on the devices; labels are zeros when the dataset has none."""
+  labels = split.labels if split.labels is not None else np.zeros(split.num_examples, np.int32)
+  return {"image": jax.device_put(split.images, sharding),
+          "label": jax.device_put(labels, sharding)}
+
+
+def epoch_batch_indices(rng: jax.Array, epoch, num_examples: int,
+                        batch_size: int) -> jax.Array:
+  """(steps_per_epoch, batch_size) example indices: a fresh permutation per epoch.
+
+  The remainder that does not fill a batch is dropped, as the seeds' readers do.
+  """
+  permutation = jax.random.permutation(jax.random.fold_in(rng, epoch), num_examples)
+  steps_per_epoch = num_examples // batch_size
+  return permutation[:steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
+
+
+def to_model_input(image_uint8: jax.Array, binarization: str, rng: jax.Array) -> jax.Array:
+  """uint8 pixels -> float32 in [0, 1]; a fresh Bernoulli draw under 'dynamic'."""
+  image = image_uint8.astype(jnp.float32) / 255.0
+  if binarization == "dynamic":
+    return jax.random.bernoulli(rng, image).astype(jnp.float32)
+  return image  # 'none' (grayscale) and 'static' (pixels already 0 or 1).

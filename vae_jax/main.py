@@ -1,0 +1,45 @@
+"""Trains a VAE: python -m vae_jax.main --config=configs/mlp.py --workdir=runs/mlp
+
+Any config value can be overridden on the command line, e.g.
+--config.model.latent_dim=32 --config.train.num_epochs=5; unknown keys are refused.
+"""
+
+import logging as python_logging
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from vae_jax import config_schema
+from vae_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Training configuration file, e.g. configs/mlp.py.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietOrbax(python_logging.Filter):
+  """Drops orbax's INFO chatter (dozens of lines per save); keeps its warnings."""
+
+  def filter(self, record):
+    return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    config_schema.validate(FLAGS.config)  # Before any data loading or compilation.
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
+  logging.get_absl_handler().addFilter(_QuietOrbax())
+  logging.info("JAX devices: %s", jax.devices())
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,43 @@
+"""Fully connected encoder and decoder (seed 000's MLP VAE)."""
+
+import math
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+
+
+class MLPEncoder(nn.Module):
+  """Image -> hidden layers -> (mean, logvar) of q(z|x); works batched or per example."""
+  hidden_dims: Sequence[int]
+  latent_dim: int
+  activation: Callable[[jax.Array], jax.Array]
+  kernel_init: nn.initializers.Initializer
+
+  @nn.compact
+  def __call__(self, image: jax.Array, train: bool = False):
+    del train  # No dropout in this backbone.
+    hidden = image.reshape(image.shape[:-3] + (-1,))
+    for width in self.hidden_dims:
+      hidden = self.activation(nn.Dense(width, kernel_init=self.kernel_init)(hidden))
+    mean = nn.Dense(self.latent_dim, kernel_init=self.kernel_init, name="mean")(hidden)
+    logvar = nn.Dense(self.latent_dim, kernel_init=self.kernel_init, name="logvar")(hidden)
+    return mean, logvar
+
+
+class MLPDecoder(nn.Module):
+  """Latent -> hidden layers (the encoder's, mirrored) -> one output per pixel."""
+  hidden_dims: Sequence[int]
+  image_shape: tuple[int, int, int]
+  activation: Callable[[jax.Array], jax.Array]
+  kernel_init: nn.initializers.Initializer
+
+  @nn.compact
+  def __call__(self, z: jax.Array, train: bool = False):
+    del train
+    hidden = z
+    for width in reversed(self.hidden_dims):
+      hidden = self.activation(nn.Dense(width, kernel_init=self.kernel_init)(hidden))
+    num_pixels = math.prod(self.image_shape)
+    output = nn.Dense(num_pixels, kernel_init=self.kernel_init, name="output")(hidden)
+    return output.reshape(z.shape[:-1] + tuple(self.image_shape))
