@@ -9,7 +9,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["vae_jax", "vae_jax.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "jax>=0.5",
+        "jax>=0.10",  # jax.shard_map and lax.pcast as used here.
         "flax>=0.10",
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",

@@ -65,7 +65,6 @@ def default_config() -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 1000
-  config.eval.num_importance_samples = 0
 
   config.figures = ml_collections.ConfigDict()
   config.figures.num_reconstructions = 10
@@ -100,8 +99,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = _get(config, key)
     require(isinstance(value, int) and value > 0,
             f"config.{key}={value!r} must be a positive integer.")
-  for key in ("train.num_epochs", "train.num_steps", "eval.num_importance_samples",
-              "data.validation_size", "figures.num_reconstructions",
+  for key in ("train.num_epochs", "train.num_steps", "data.validation_size", "figures.num_reconstructions",
               "figures.num_prior_samples"):
     value = _get(config, key)
     require(isinstance(value, int) and value >= 0,
