@@ -122,3 +122,18 @@ def test_non_finite_loss_stops_training_naming_the_step(tmp_path, mnist_manual_d
   with pytest.raises(train.NonFiniteLossError, match=r"at step \d+"):
     train.train_and_evaluate(config, str(tmp_path / "nan"))
   assert not (tmp_path / "nan" / "checkpoints" / "40").exists()
+
+
+def test_restarting_on_a_workdir_continues_from_its_checkpoint(tmp_path, mnist_manual_dir,
+                                                               tfds_data_dir):
+  """1 epoch, then the same workdir asked for 2 epochs, equals 2 epochs straight."""
+  config = _tiny_offline_config(mnist_manual_dir, tfds_data_dir, num_steps=0, num_epochs=2,
+                                batch_size=50)
+  config.data.validation_size = 59000  # 1000 training images: 20 steps per epoch.
+  straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+  config.train.num_epochs = 1
+  train.train_and_evaluate(config, str(tmp_path / "restarted"))
+  config.train.num_epochs = 2
+  restarted = train.train_and_evaluate(config, str(tmp_path / "restarted"))
+  assert restarted == straight
+  assert (tmp_path / "restarted" / "checkpoints" / "40").is_dir()
