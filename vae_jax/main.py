@@ -5,6 +5,7 @@ Any config value can be overridden on the command line, e.g.
 """
 
 import logging as python_logging
+import sys
 
 from absl import app
 from absl import flags
@@ -29,17 +30,29 @@ class _QuietOrbax(python_logging.Filter):
     return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
 
 
+def _parse_flags(argv):
+  """absl's parser, with a clean message (not a traceback) for a bad --config.* override."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as error:
+    sys.exit(f"FATAL Flags parsing error: {error}\nPass --help for the flags.")
+  except (AttributeError, KeyError, TypeError, ValueError) as error:
+    message = str(error).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+    sys.exit(f"Bad config override on the command line: {message}\n"
+             "Every key and its allowed values are in vae_jax/config_schema.py.")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   try:
     config_schema.validate(FLAGS.config)  # Before any data loading or compilation.
   except ValueError as error:
-    raise app.UsageError(str(error)) from None
+    sys.exit(str(error))
   logging.get_absl_handler().addFilter(_QuietOrbax())
   logging.info("JAX devices: %s", jax.devices())
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
