@@ -99,8 +99,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = _get(config, key)
     require(isinstance(value, int) and value > 0,
             f"config.{key}={value!r} must be a positive integer.")
-  for key in ("train.num_epochs", "train.num_steps", "data.validation_size", "figures.num_reconstructions",
-              "figures.num_prior_samples"):
+  for key in ("train.num_epochs", "train.num_steps", "data.validation_size",
+              "figures.num_reconstructions", "figures.num_prior_samples"):
     value = _get(config, key)
     require(isinstance(value, int) and value >= 0,
             f"config.{key}={value!r} must be a non-negative integer.")

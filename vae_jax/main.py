@@ -33,9 +33,7 @@ class _QuietOrbax(python_logging.Filter):
 def _parse_flags(argv):
   """absl's parser, with a clean message (not a traceback) for a bad --config.* override."""
   try:
-    return FLAGS(argv)
-  except flags.Error as error:
-    sys.exit(f"FATAL Flags parsing error: {error}\nPass --help for the flags.")
+    return app.parse_flags_with_usage(argv)  # Handles ordinary flag errors itself.
   except (AttributeError, KeyError, TypeError, ValueError) as error:
     message = str(error).strip("'\"").replace("\\n", " ").replace("\\'", "'")
     sys.exit(f"Bad config override on the command line: {message}\n"
