@@ -44,6 +44,23 @@ def tiny_config(**data_overrides):
   config.eval.batch_size = 500
   config.figures.num_reconstructions = 4
   config.figures.num_prior_samples = 4
+  config.figures.every_epochs = 0
+  config.figures.manifold_size = 5
+  config.figures.num_scatter_points = 200
+  config.figures.samples_per_class = 3
+  config.figures.num_interpolations = 2
+  config.figures.interpolation_steps = 4
+  config.figures.num_denoising_examples = 3
   for key, value in data_overrides.items():
     config.data[key] = value
   return config
+
+
+def shipped_config(name: str, arg=None):
+  """configs/<name>.py's get_config(arg), loaded by path as config_flags does."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = REPO_ROOT / "configs" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

@@ -64,11 +64,12 @@ def test_elbo_terms_equal_their_closed_form_parts():
   """neg_elbo = -log p(x|z) + KL for the z the reparameterization gives from the key."""
   model, variables, image = _tiny_model_and_image()
   rng = jax.random.key(2)
-  terms = losses.elbo_terms(model, variables, image, rng, likelihood="bernoulli",
+  terms = losses.elbo_terms(model, variables, image, None, rng, likelihood="bernoulli",
                             kl_weight=0.5)
   mean, logvar = model.apply(variables, image, method=model.encode)
   eps = jax.random.normal(rng, (1, 3))
-  logits = model.apply(variables, mean + jnp.exp(0.5 * logvar) * eps, method=model.decode)
+  logits = model.apply(variables, mean + jnp.exp(0.5 * logvar) * eps,
+                       method=model.decode)["logits"]
   reconstruction = -losses.bernoulli_log_likelihood(image, logits)[0]
   kl = losses.gaussian_kl(mean, logvar)
   np.testing.assert_allclose(terms["reconstruction"], reconstruction, rtol=1e-6)
@@ -81,11 +82,62 @@ def test_elbo_terms_equal_their_closed_form_parts():
 def test_elbo_terms_average_over_samples(num_samples):
   model, variables, image = _tiny_model_and_image()
   rng = jax.random.key(5)
-  terms = losses.elbo_terms(model, variables, image, rng, likelihood="bernoulli",
+  terms = losses.elbo_terms(model, variables, image, None, rng, likelihood="bernoulli",
                             num_samples=num_samples)
   mean, logvar = model.apply(variables, image, method=model.encode)
   eps = jax.random.normal(rng, (num_samples, 3))
   per_sample = [-losses.bernoulli_log_likelihood(
-      image, model.apply(variables, mean + jnp.exp(0.5 * logvar) * e, method=model.decode))
+      image, model.apply(variables, mean + jnp.exp(0.5 * logvar) * e,
+                         method=model.decode)["logits"])
                 for e in eps]
   np.testing.assert_allclose(terms["reconstruction"], np.mean(per_sample), rtol=1e-5)
+
+
+def test_gaussian_log_likelihood_matches_direct_formula():
+  rng = np.random.default_rng(3)
+  image = rng.uniform(size=(2, 28, 28, 1))
+  mean = rng.uniform(size=(2, 28, 28, 1))
+  logvar = rng.normal(scale=0.5, size=(2, 28, 28, 1))
+  variance = np.exp(logvar)
+  direct = np.sum(-0.5 * np.log(2 * np.pi * variance) - (image - mean) ** 2 / (2 * variance),
+                  axis=(1, 2, 3))
+  ours = losses.gaussian_log_likelihood(*(jnp.asarray(a, jnp.float32)
+                                          for a in (image, mean, logvar)))
+  np.testing.assert_allclose(np.asarray(ours), direct, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variance, scale, constant", [
+    (1.0, 0.5, 392 * np.log(2 * np.pi)),  # Seed 003: 0.5 * squared error.
+    (0.5, 1.0, 392 * np.log(np.pi)),  # Seeds 001/002: the squared error.
+])
+def test_fixed_variance_gaussian_nll_is_the_seeds_squared_error_plus_a_constant(
+    variance, scale, constant):
+  rng = np.random.default_rng(4)
+  image, mean = rng.uniform(size=(2, 28, 28, 1)), rng.uniform(size=(2, 28, 28, 1))
+  squared_error = np.sum((image - mean) ** 2, axis=(1, 2, 3))
+  nll = -losses.gaussian_log_likelihood(jnp.asarray(image, jnp.float32),
+                                        jnp.asarray(mean, jnp.float32),
+                                        jnp.full((28, 28, 1), np.log(variance), jnp.float32))
+  np.testing.assert_allclose(np.asarray(nll), scale * squared_error + constant, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variance, param_shape", [
+    ("fixed", None), ("learned_global", ()), ("learned_per_pixel", (28, 28, 1))])
+def test_gaussian_head_variance_options(variance, param_shape):
+  head = models.GaussianHead(mean_activation="sigmoid", variance=variance,
+                             fixed_variance=0.5, min_variance=1e-3)
+  output = jax.random.normal(jax.random.key(0), (3, 28, 28, 1))
+  variables = head.init(jax.random.key(1), output)
+  decoded = head.apply(variables, output)
+  np.testing.assert_allclose(decoded["mean"], jax.nn.sigmoid(output), rtol=1e-6)
+  assert decoded["logvar"].shape == (28, 28, 1)
+  if param_shape is None:
+    assert not variables
+    np.testing.assert_allclose(decoded["logvar"], np.log(0.5), rtol=1e-6)
+    return
+  assert variables["params"]["raw_logvar"].shape == param_shape
+  # Starts at variance 1 + min_variance; never falls below min_variance.
+  np.testing.assert_allclose(np.exp(decoded["logvar"]), 1.001, rtol=1e-6)
+  very_negative = jax.tree.map(lambda p: p - 1e3, variables)
+  floor = np.exp(head.apply(very_negative, output)["logvar"])
+  np.testing.assert_allclose(floor, 1e-3, rtol=1e-5)

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, tiny_config
+from tests.conftest import REPO_ROOT, shipped_config, tiny_config
 from vae_jax import config_schema
 from vae_jax import train
 
@@ -40,9 +40,52 @@ def test_tiny_main_run_writes_metrics_checkpoint_and_figures(tmp_path, mnist_man
   for tag in (b"train_neg_elbo", b"train_reconstruction", b"train_kl", b"test_neg_elbo"):
     assert tag in event_bytes, tag
   assert (workdir / "checkpoints" / "30").is_dir()
-  for name in ("reconstructions.png", "prior_samples.png"):
-    png = (workdir / "figures" / name).read_bytes()
+  for name in ("reconstructions", "prior_samples", "interpolations", "denoising",
+               "denoising_error", "training_curves"):
+    png = (workdir / "figures" / f"{name}.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 1000
+    assert f"figures/{name}".encode() in event_bytes  # Also a TensorBoard image.
+
+
+def _run_sample(*flags):
+  return subprocess.run([sys.executable, "-m", "vae_jax.sample", *flags], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_sample_cli_draws_a_class_from_a_tiny_conditional_run(tmp_path, mnist_manual_dir,
+                                                              tfds_data_dir):
+  workdir = tmp_path / "cvae"
+  result = _run_main("--config=configs/cvae.py", f"--workdir={workdir}",
+                     f"--config.data.tfds_data_dir={tfds_data_dir}",
+                     f"--config.data.manual_dir={mnist_manual_dir}",
+                     "--config.model.hidden_dims=(32,)", "--config.train.num_steps=20",
+                     "--config.train.log_every_steps=10", "--config.figures.manifold_size=4",
+                     "--config.figures.num_scatter_points=100")
+  assert result.returncode == 0, result.stderr[-5000:]
+  for name in ("class_grid", "latent_manifold", "latent_scatter"):
+    assert (workdir / "figures" / f"{name}.png").stat().st_size > 1000, name
+  assert not (workdir / "figures" / "samples_label3.png").exists()
+
+  result = _run_sample(f"--workdir={workdir}", "--label=3", "--num=16", "--noall_figures")
+  assert result.returncode == 0, result.stderr[-5000:]
+  png = (workdir / "figures" / "samples_label3.png").read_bytes()
+  assert png.startswith(b"\x89PNG") and len(png) > 1000
+  assert result.stdout.split() == [str(workdir / "figures" / "samples_label3.png")]
+
+  result = _run_sample(f"--workdir={workdir}", "--label=10")
+  assert result.returncode == 1 and "--label=10 must be in [0, 10)" in result.stderr
+
+
+def test_sample_cli_errors_are_one_line_and_say_what_to_do(tmp_path):
+  result = _run_sample(f"--workdir={tmp_path}")
+  assert result.returncode == 1
+  assert "config.json does not exist" in result.stderr and "Traceback" not in result.stderr
+  config = tiny_config()
+  (tmp_path / "config.json").write_text(config.to_json_best_effort())
+  result = _run_sample(f"--workdir={tmp_path}", "--label=3")
+  assert result.returncode == 1 and "needs a conditional model" in result.stderr
+  result = _run_sample(f"--workdir={tmp_path}")
+  assert result.returncode == 1 and "No checkpoint" in result.stderr
 
 
 def test_unknown_config_key_fails_before_any_work(tmp_path):
@@ -71,11 +114,22 @@ def test_bad_enum_value_names_the_key_and_the_allowed_values(tmp_path):
     ("loss.objective", "vimco", "config.loss.objective='vimco' is not one of"),
     ("train.batch_size", 0, "config.train.batch_size=0 must be a positive integer"),
     ("data.binarization", "static", "needs a statically binarized dataset"),
+    ("model.gaussian_variance", "learned", "config.model.gaussian_variance='learned' is not"),
+    ("model.gaussian_fixed_variance", 0.0, "config.model.gaussian_fixed_variance=0.0 must be"),
+    ("model.dropout_rate", 1.0, "config.model.dropout_rate=1.0 must be in [0, 1)"),
+    ("model.conv.encoder_strides", (2, 2), "encoder_strides=(2, 2) must have the same length"),
+    ("model.conv.decoder_dense_dims", (24, 50), "must be a multiple of"),
+    ("model.hidden_dims", (512, -1), "must be a non-empty tuple of positive integers"),
+    ("figures.label", 10, "config.figures.label=10 must be in [0, "),
 ])
 def test_validate_rejects_bad_values(key, value, expected):
   config = config_schema.default_config()
-  section, name = key.split(".")
-  config[section][name] = value
+  config.model.conditional = key == "figures.label"
+  *parents, name = key.split(".")
+  node = config
+  for parent in parents:
+    node = node[parent]
+  node[name] = value
   with pytest.raises(ValueError, match=expected.replace("(", r"\(")):
     config_schema.validate(config)
 
@@ -89,6 +143,14 @@ def test_static_dataset_requires_static_binarization():
   config_schema.validate(config)
 
 
+def test_conditional_model_needs_a_labelled_dataset():
+  config = config_schema.default_config()
+  config.data.name, config.data.binarization = "binarized_mnist", "static"
+  config.model.conditional = True
+  with pytest.raises(ValueError, match="conditional=True needs labels.*binarized_mnist"):
+    config_schema.validate(config)
+
+
 def test_shipped_configs_load_locked_and_validate():
   import importlib.util  # pylint: disable=g-import-not-at-top
   for path in sorted((REPO_ROOT / "configs").glob("*.py")):
@@ -98,6 +160,9 @@ def test_shipped_configs_load_locked_and_validate():
     config = module.get_config()
     config.lock()
     config_schema.validate(config)
+  config_schema.validate(shipped_config("conv", "short"))
+  with pytest.raises(ValueError, match="Unknown variant configs/conv.py:long"):
+    shipped_config("conv", "long")
 
 
 def _tiny_offline_config(manual_dir, tfds_data_dir, **train_overrides):
@@ -109,6 +174,7 @@ def _tiny_offline_config(manual_dir, tfds_data_dir, **train_overrides):
 
 def test_same_seed_gives_identical_metrics_twice(tmp_path, mnist_manual_dir, tfds_data_dir):
   config = _tiny_offline_config(mnist_manual_dir, tfds_data_dir)
+  config.model.dropout_rate = 0.2  # Dropout masks come from keys too.
   first = train.train_and_evaluate(config, str(tmp_path / "a"))
   second = train.train_and_evaluate(config, str(tmp_path / "b"))
   assert first == second

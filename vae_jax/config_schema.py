@@ -5,6 +5,8 @@ configs share one set of keys: an override that names a key not listed here is r
 the locked ConfigDict, and `validate(config)` refuses bad values before any work starts.
 """
 
+import json
+
 import ml_collections
 
 from vae_jax import models
@@ -13,15 +15,20 @@ from vae_jax import models
 ALLOWED_VALUES = {
     "data.name": ("mnist", "fashion_mnist", "binarized_mnist"),
     "data.binarization": ("none", "dynamic", "static"),
-    "model.name": ("mlp",),
+    "model.name": ("mlp", "conv"),
     "model.activation": tuple(models.ACTIVATIONS),
     "model.kernel_init": tuple(models.KERNEL_INITS),
-    "model.likelihood": ("bernoulli",),
+    "model.conv.decoder_conv_activation": tuple(models.ACTIVATIONS),
+    "model.likelihood": ("bernoulli", "gaussian"),
+    "model.gaussian_mean": ("linear", "sigmoid"),
+    "model.gaussian_variance": ("fixed", "learned_global", "learned_per_pixel"),
     "loss.objective": ("elbo",),
 }
 
 # Datasets whose pixels are already 0/1; the "static" binarization mode means "use one".
 STATICALLY_BINARIZED_DATASETS = ("binarized_mnist",)
+# Datasets without class labels (no conditional models, no label colours in figures).
+UNLABELLED_DATASETS = ("binarized_mnist",)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -43,12 +50,36 @@ def default_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "mlp"
+  # Conditional: the label's one-hot goes to the encoder and joins z at the decoder input.
   config.model.conditional = False
+  config.model.num_classes = 10
   config.model.latent_dim = 128
-  config.model.hidden_dims = (512, 256)
   config.model.activation = "tanh"
+  config.model.negative_slope = 0.01  # Of leaky_relu, for x < 0 (seeds 001/002: 0.3).
   config.model.kernel_init = "glorot_uniform"
+  config.model.init_stddev = 0.001  # Of kernel_init='truncated_normal' only.
+  config.model.dropout_rate = 0.0  # After each hidden layer; training only.
+  # model.name='mlp': hidden widths of the encoder, mirrored in the decoder.
+  config.model.hidden_dims = (512, 256)
+  # model.name='conv': seeds 001/002's layers.
+  config.model.conv = ml_collections.ConfigDict()
+  config.model.conv.kernel_size = 4
+  config.model.conv.encoder_features = (64, 64, 64)
+  config.model.conv.encoder_strides = (2, 2, 1)
+  # Dense layers after z; the last one is reshaped to a decoder_initial_side^2 x c map.
+  config.model.conv.decoder_dense_dims = (24, 49)
+  config.model.conv.decoder_initial_side = 7
+  config.model.conv.decoder_features = (64, 64, 64)
+  config.model.conv.decoder_strides = (2, 1, 1)
+  config.model.conv.decoder_conv_activation = "relu"
+
+  # p(x|z): 'bernoulli' (decoder outputs are logits) or 'gaussian' (independent pixels).
   config.model.likelihood = "bernoulli"
+  config.model.gaussian_mean = "linear"  # Or 'sigmoid': a mean in [0, 1] (seeds 001/002).
+  config.model.gaussian_variance = "fixed"
+  # sigma^2 when fixed: 1.0 gives 0.5 * squared error + const; 0.5 the squared error + const.
+  config.model.gaussian_fixed_variance = 1.0
+  config.model.gaussian_min_variance = 1e-3  # Floor of a learned variance.
 
   config.loss = ml_collections.ConfigDict()
   config.loss.objective = "elbo"
@@ -69,8 +100,45 @@ def default_config() -> ml_collections.ConfigDict:
   config.figures = ml_collections.ConfigDict()
   config.figures.num_reconstructions = 10
   config.figures.num_prior_samples = 64
+  # Cheap figures (reconstructions, samples) go to TensorBoard every this many epochs, from
+  # fixed keys so epochs compare; all figures are written at the end. 0: only at the end.
+  config.figures.every_epochs = 5
+  config.figures.manifold_size = 15  # Tiles per side of the 2-D latent manifold.
+  config.figures.num_scatter_points = 5000  # Test posterior means in the 2-D scatter.
+  config.figures.samples_per_class = 10  # Columns of the conditional class grid.
+  config.figures.num_interpolations = 6  # Pairs of test digits.
+  config.figures.interpolation_steps = 8
+  config.figures.denoising_noise_stds = (0.1, 0.2, 0.3, 0.5)
+  config.figures.num_denoising_examples = 8  # Shown; the error plot uses a larger set.
+  config.figures.label = 7  # Of the 2-D manifold of a conditional model.
 
   config.checkpoints_to_keep = 2
+  return config
+
+
+def load_json(path: str) -> ml_collections.ConfigDict:
+  """The config a run saved as config.json, on top of today's defaults, locked.
+
+  JSON has no tuples, so lists become tuples where the default is one.
+  """
+  with open(path) as f:
+    saved = json.load(f)
+  config = default_config()
+
+  def update(node, values, prefix):
+    for key, value in values.items():
+      if key not in node:
+        raise ValueError(f"{path} has the key {prefix}{key}, which this version of vae_jax "
+                         "does not know; was it written by another version?")
+      if isinstance(node[key], ml_collections.ConfigDict):
+        update(node[key], value, f"{prefix}{key}.")
+      elif isinstance(node[key], tuple) and isinstance(value, list):
+        node[key] = tuple(value)
+      else:
+        node[key] = value
+
+  update(config, saved, "")
+  config.lock()
   return config
 
 
@@ -93,28 +161,63 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not condition:
       errors.append(message)
 
-  positive_ints = ("model.latent_dim", "loss.num_samples", "train.batch_size",
-                   "train.log_every_steps", "eval.batch_size", "checkpoints_to_keep")
+  def is_int_tuple(value):
+    return (isinstance(value, (tuple, list)) and len(value) > 0
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+
+  def require_int_tuple(key):
+    value = _get(config, key)
+    require(is_int_tuple(value), f"config.{key}={value!r} must be a non-empty tuple of "
+            f"positive integers, e.g. --config.{key}='(512, 256)'.")
+
+  positive_ints = ("model.latent_dim", "model.num_classes", "model.conv.kernel_size",
+                   "model.conv.decoder_initial_side", "loss.num_samples", "train.batch_size",
+                   "train.log_every_steps", "eval.batch_size", "checkpoints_to_keep",
+                   "figures.manifold_size", "figures.samples_per_class",
+                   "figures.interpolation_steps")
   for key in positive_ints:
     value = _get(config, key)
-    require(isinstance(value, int) and value > 0,
+    require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
             f"config.{key}={value!r} must be a positive integer.")
   for key in ("train.num_epochs", "train.num_steps", "data.validation_size",
-              "figures.num_reconstructions", "figures.num_prior_samples"):
+              "figures.num_reconstructions", "figures.num_prior_samples",
+              "figures.every_epochs", "figures.num_scatter_points",
+              "figures.num_interpolations", "figures.num_denoising_examples"):
     value = _get(config, key)
-    require(isinstance(value, int) and value >= 0,
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
             f"config.{key}={value!r} must be a non-negative integer.")
   require(config.train.num_epochs > 0 or config.train.num_steps > 0,
           "config.train.num_epochs and config.train.num_steps are both 0: nothing to train.")
-  require(config.train.learning_rate > 0,
-          f"config.train.learning_rate={config.train.learning_rate!r} must be > 0.")
+  for key in ("train.learning_rate", "model.init_stddev", "model.gaussian_fixed_variance",
+              "model.gaussian_min_variance"):
+    value = _get(config, key)
+    require(value > 0, f"config.{key}={value!r} must be > 0.")
   require(config.loss.kl_weight >= 0,
           f"config.loss.kl_weight={config.loss.kl_weight!r} must be >= 0.")
-  hidden_dims = config.model.hidden_dims
-  require(isinstance(hidden_dims, (tuple, list)) and len(hidden_dims) > 0
-          and all(isinstance(h, int) and h > 0 for h in hidden_dims),
-          f"config.model.hidden_dims={hidden_dims!r} must be a non-empty tuple of positive "
-          "integers, e.g. --config.model.hidden_dims='(512, 256)'.")
+  require(0 <= config.model.dropout_rate < 1,
+          f"config.model.dropout_rate={config.model.dropout_rate!r} must be in [0, 1).")
+  noise_stds = config.figures.denoising_noise_stds
+  require(isinstance(noise_stds, (tuple, list)) and all(s >= 0 for s in noise_stds),
+          f"config.figures.denoising_noise_stds={noise_stds!r} must be a tuple of "
+          "non-negative numbers.")
+  require_int_tuple("model.hidden_dims")
+  conv = config.model.conv
+  for key in ("encoder_features", "encoder_strides", "decoder_dense_dims",
+              "decoder_features", "decoder_strides"):
+    require_int_tuple(f"model.conv.{key}")
+  for part in ("encoder", "decoder"):
+    features, strides = conv[f"{part}_features"], conv[f"{part}_strides"]
+    require(not (is_int_tuple(features) and is_int_tuple(strides))
+            or len(features) == len(strides),
+            f"config.model.conv.{part}_features={tuple(features)!r} and "
+            f"config.model.conv.{part}_strides={tuple(strides)!r} must have the same length "
+            "(one stride per conv layer).")
+  side = conv.decoder_initial_side
+  if is_int_tuple(conv.decoder_dense_dims) and isinstance(side, int) and side > 0:
+    require(conv.decoder_dense_dims[-1] % (side * side) == 0,
+            f"config.model.conv.decoder_dense_dims[-1]={conv.decoder_dense_dims[-1]} must be "
+            f"a multiple of config.model.conv.decoder_initial_side^2={side * side} "
+            "(it is reshaped to a side x side feature map).")
 
   static_dataset = config.data.name in STATICALLY_BINARIZED_DATASETS
   if config.data.binarization == "static":
@@ -127,10 +230,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.data.name={config.data.name!r} is already binarized: set "
             f"config.data.binarization='static', not {config.data.binarization!r}.")
   if config.model.conditional:
-    require(config.data.name not in ("binarized_mnist",),
+    require(config.data.name not in UNLABELLED_DATASETS,
             f"config.model.conditional=True needs labels, but config.data.name="
-            f"{config.data.name!r} has none.")
-    errors.append("config.model.conditional=True is not implemented yet.")
+            f"{config.data.name!r} has none: use mnist or fashion_mnist, or set "
+            "config.model.conditional=False.")
+    require(0 <= config.figures.label < config.model.num_classes,
+            f"config.figures.label={config.figures.label!r} must be in "
+            f"[0, config.model.num_classes={config.model.num_classes}).")
 
   if errors:
     raise ValueError("Invalid config:\n  " + "\n  ".join(errors))

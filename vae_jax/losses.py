@@ -29,26 +29,43 @@ def bernoulli_log_likelihood(image: jax.Array, logits: jax.Array) -> jax.Array:
   return -jnp.sum(optax.sigmoid_binary_cross_entropy(logits, image), axis=_IMAGE_AXES)
 
 
-def log_likelihood(likelihood: str, image: jax.Array, decoder_output: jax.Array) -> jax.Array:
+def gaussian_log_likelihood(image: jax.Array, mean: jax.Array,
+                            logvar: jax.Array) -> jax.Array:
+  """log N(image; mean, exp(logvar)), pixels independent, summed per image, constant included.
+
+  With unit variance this is -0.5 * squared error - (D/2) log(2 pi): a proper log-density
+  in nats, not the seeds' bare squared error.
+  """
+  per_pixel = -0.5 * (jnp.square(image - mean) * jnp.exp(-logvar) + logvar
+                      + jnp.log(2.0 * jnp.pi))
+  return jnp.sum(per_pixel, axis=_IMAGE_AXES)
+
+
+def log_likelihood(likelihood: str, image: jax.Array, decoded: dict) -> jax.Array:
+  """log p(x|z) per image, from the likelihood parameters the model's head returns."""
   if likelihood == "bernoulli":
-    return bernoulli_log_likelihood(image, decoder_output)
+    return bernoulli_log_likelihood(image, decoded["logits"])
+  if likelihood == "gaussian":
+    return gaussian_log_likelihood(image, decoded["mean"], decoded["logvar"])
   raise ValueError(f"Unknown likelihood {likelihood!r}.")
 
 
-def elbo_terms(model: nn.Module, variables, image: jax.Array, rng: jax.Array, *,
+def elbo_terms(model: nn.Module, variables, image: jax.Array, label, rng: jax.Array, *,
                likelihood: str, num_samples: int = 1, kl_weight: float = 1.0,
-               train: bool = False) -> dict[str, jax.Array]:
+               train: bool = False, dropout_rng: jax.Array | None = None
+               ) -> dict[str, jax.Array]:
   """The ELBO's parts for ONE example, averaging the reconstruction over `num_samples`.
 
+  `label` is the example's class for a conditional model (ignored otherwise); `rng` draws
+  the reparameterization noise; `dropout_rng` is needed when training a model with dropout.
   Returns scalars: `reconstruction` (-E_q log p(x|z)), `kl` (analytic), `neg_elbo`
   (their sum, the bound in nats) and `loss` (reconstruction + kl_weight * kl, what is
   minimized).
   """
-  mean, logvar = model.apply(variables, image, train=train, method=model.encode)
-  eps = jax.random.normal(rng, (num_samples,) + mean.shape, mean.dtype)
-  z = reparameterize(mean, logvar, eps)
-  decoder_output = model.apply(variables, z, train=train, method=model.decode)
-  reconstruction = -jnp.mean(log_likelihood(likelihood, image, decoder_output))
+  eps = jax.random.normal(rng, (num_samples, model.latent_dim), image.dtype)
+  rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
+  mean, logvar, _, decoded = model.apply(variables, image, eps, label, train=train, rngs=rngs)
+  reconstruction = -jnp.mean(log_likelihood(likelihood, image, decoded))
   kl = gaussian_kl(mean, logvar)
   return {
       "loss": reconstruction + kl_weight * kl,
@@ -58,10 +75,12 @@ def elbo_terms(model: nn.Module, variables, image: jax.Array, rng: jax.Array, *,
   }
 
 
-def mean_image(likelihood: str, decoder_output: jax.Array) -> jax.Array:
-  """E[x|z] in [0, 1], for figures."""
+def mean_image(likelihood: str, decoded: dict) -> jax.Array:
+  """E[x|z], clipped to the pixel range [0, 1], for figures."""
   if likelihood == "bernoulli":
-    return jax.nn.sigmoid(decoder_output)
+    return jax.nn.sigmoid(decoded["logits"])
+  if likelihood == "gaussian":
+    return jnp.clip(decoded["mean"], 0.0, 1.0)
   raise ValueError(f"Unknown likelihood {likelihood!r}.")
 
 
@@ -69,26 +88,29 @@ def mean_image(likelihood: str, decoder_output: jax.Array) -> jax.Array:
 # random numbers of the others unchanged.
 _PURPOSE_REPARAMETERIZATION = 0
 _PURPOSE_BINARIZATION = 1
+_PURPOSE_DROPOUT = 2
 
 
 def make_example_terms_fn(model: nn.Module, config, *, train: bool):
-  """fn(params, image_uint8, example_key) -> elbo_terms for one raw dataset example.
+  """fn(params, image_uint8, label, example_key) -> elbo_terms for one dataset example.
 
   The config is read here, once; the returned function is pure and meant to be vmapped
   over a batch with one key per example (derived from the example's global index, so the
-  result does not depend on how the batch is split over devices).
+  result does not depend on how the batch is split over devices). Dropout is on only
+  when `train`; evaluation is deterministic given the key.
   """
   likelihood = config.model.likelihood
   binarization = config.data.binarization
   num_samples = config.loss.num_samples
   kl_weight = config.loss.kl_weight
 
-  def example_terms(params, image_uint8, example_key):
+  def example_terms(params, image_uint8, label, example_key):
     image = input_pipeline.to_model_input(
         image_uint8, binarization, jax.random.fold_in(example_key, _PURPOSE_BINARIZATION))
-    return elbo_terms(model, {"params": params}, image,
+    dropout_rng = jax.random.fold_in(example_key, _PURPOSE_DROPOUT) if train else None
+    return elbo_terms(model, {"params": params}, image, label,
                       jax.random.fold_in(example_key, _PURPOSE_REPARAMETERIZATION),
                       likelihood=likelihood, num_samples=num_samples, kl_weight=kl_weight,
-                      train=train)
+                      train=train, dropout_rng=dropout_rng)
 
   return example_terms

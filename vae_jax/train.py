@@ -6,6 +6,7 @@ fold_in(that, i), so a run gives the same numbers on 1 or N devices and when res
 This loop is the only place that logs, writes files or checkpoints (on process 0).
 """
 
+import json
 import os
 import time
 
@@ -27,6 +28,7 @@ from vae_jax import figures
 from vae_jax import input_pipeline
 from vae_jax import losses
 from vae_jax import models
+from vae_jax import visualize
 
 BATCH_AXIS = "batch"
 
@@ -46,10 +48,19 @@ def replicate(tree, mesh: jax.sharding.Mesh):
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
+def run_keys(seed: int) -> dict[str, jax.Array]:
+  """The run's keys by purpose, all from jax.random.key(seed)."""
+  rng_init, rng_train, rng_shuffle, rng_eval = jax.random.split(jax.random.key(seed), 4)
+  return {"init": rng_init, "train": rng_train, "shuffle": rng_shuffle, "eval": rng_eval,
+          # Fixed for the whole run, so figures of different epochs and runs compare.
+          "figures": jax.random.fold_in(rng_eval, 1)}
+
+
 def create_train_state(model: nn.Module, config, rng_init: jax.Array) -> train_state.TrainState:
   """Initializes parameters (from one example's shapes) and Adam."""
   variables = model.init(rng_init, jnp.zeros(models.IMAGE_SHAPE, jnp.float32),
-                         jnp.zeros((config.model.latent_dim,), jnp.float32))
+                         jnp.zeros((config.model.latent_dim,), jnp.float32),
+                         jnp.zeros((), jnp.int32))
   state = train_state.TrainState.create(
       apply_fn=model.apply, params=variables["params"],
       tx=optax.adam(config.train.learning_rate))
@@ -61,8 +72,9 @@ def _grads_body(model: nn.Module, config):
   """Per device: (grads, metrics) of the global-batch mean loss, averaged over "batch"."""
   example_terms = losses.make_example_terms_fn(model, config, train=True)
 
-  def loss_fn(params, images, keys):
-    terms = jax.vmap(example_terms, in_axes=(None, 0, 0))(params, images, keys)
+  def loss_fn(params, batch, keys):
+    terms = jax.vmap(example_terms, in_axes=(None, 0, 0, 0))(
+        params, batch["image"], batch["label"], keys)
     means = jax.tree.map(jnp.mean, terms)
     return means["loss"], means
 
@@ -75,7 +87,7 @@ def _grads_body(model: nn.Module, config):
     # the gradient of its own shard's loss (without the cast, shard_map's autodiff would
     # already sum them over devices). Equal shards: their mean is the global-batch mean.
     local_params = jax.lax.pcast(params, BATCH_AXIS, to="varying")
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(local_params, batch["image"], keys)
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(local_params, batch, keys)
     return jax.lax.pmean((grads, metrics), BATCH_AXIS)
 
   return grads_and_metrics
@@ -144,27 +156,41 @@ def _check_finite(step_metrics: list[dict], first_step: int) -> None:
           "left as it was.")
 
 
-def _write_figures(workdir, writer, step, model, params, config, test_split, rng_figures):
-  """Test reconstructions and prior samples, as PNG files and TensorBoard images."""
+HISTORY_FILE = "epoch_metrics.jsonl"
+
+
+def read_history(workdir: str, up_to_step: int | None = None) -> list[dict]:
+  """The per-epoch summaries a run logged (one JSON object per line), oldest first."""
+  path = os.path.join(workdir, HISTORY_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    history = [json.loads(line) for line in f if line.strip()]
+  return [h for h in history if up_to_step is None or h["step"] <= up_to_step]
+
+
+def _write_history(workdir: str, history: list[dict]) -> None:
+  path = os.path.join(workdir, HISTORY_FILE)
+  with open(path + ".tmp", "w") as f:
+    f.writelines(json.dumps(entry) + "\n" for entry in history)
+  os.replace(path + ".tmp", path)
+
+
+def write_figures(workdir: str, writer, step: int, named_figures: dict, *,
+                  save_png: bool = True) -> list[str]:
+  """Figures as workdir/figures/<name>.png and as TensorBoard images; returns the paths."""
   figure_dir = os.path.join(workdir, "figures")
   os.makedirs(figure_dir, exist_ok=True)
-  num = config.figures.num_reconstructions
-  inputs, reconstructed = evaluate.reconstruct(
-      model, params, jnp.asarray(test_split.images[:num]), jax.random.fold_in(rng_figures, 0),
-      likelihood=config.model.likelihood, binarization=config.data.binarization)
-  labels = None if test_split.labels is None else test_split.labels[:num]
-  samples = evaluate.sample_prior(
-      model, params, jax.random.fold_in(rng_figures, 1), likelihood=config.model.likelihood,
-      latent_dim=config.model.latent_dim, num_samples=config.figures.num_prior_samples)
-  pixels = {
-      "reconstructions": figures.save_png(
-          figures.reconstructions(np.asarray(inputs), np.asarray(reconstructed), labels),
-          os.path.join(figure_dir, "reconstructions.png")),
-      "prior_samples": figures.save_png(
-          figures.image_grid(np.asarray(samples), "samples from the prior"),
-          os.path.join(figure_dir, "prior_samples.png")),
-  }
-  writer.write_images(step, {name: image[None] for name, image in pixels.items()})
+  images, paths = {}, []
+  for name, figure in named_figures.items():
+    if save_png:
+      paths.append(os.path.join(figure_dir, f"{name}.png"))
+      images[f"figures/{name}"] = figures.save_png(figure, paths[-1])
+    else:
+      images[f"figures/{name}"] = figures.to_rgb_array(figure)
+      figures.close(figure)
+  writer.write_images(step, {name: pixels[None] for name, pixels in images.items()})
+  return paths
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -184,9 +210,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.train.batch_size % num_devices:
     raise ValueError(f"config.train.batch_size={config.train.batch_size} must be divisible "
                      f"by the number of devices ({num_devices}).")
-  rng_init, rng_train, rng_shuffle, rng_eval = jax.random.split(
-      jax.random.key(config.seed), 4)
-  rng_figures = jax.random.fold_in(rng_eval, 1)  # Fixed, so epochs and runs compare.
+  keys = run_keys(config.seed)
+  rng_init, rng_train, rng_shuffle, rng_eval = (
+      keys["init"], keys["train"], keys["shuffle"], keys["eval"])
+  rng_figures = keys["figures"]
 
   splits = input_pipeline.load_splits(config.data)
   replicated = NamedSharding(mesh, P())
@@ -210,6 +237,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  workdir, start_step, num_steps)
   elif start_step:
     logging.info("Resuming at step %d of %d.", start_step, num_steps)
+  # Epochs logged after the restored checkpoint (by a run killed before its next save)
+  # are dropped: the resumed run logs them again.
+  history = read_history(workdir, up_to_step=start_step)
+  if is_writer:
+    _write_history(workdir, history)
 
   train_step = make_dataset_train_step(model, config, mesh, steps_per_epoch)
   batch_indices = jax.jit(input_pipeline.epoch_batch_indices, static_argnums=(2, 3))
@@ -225,13 +257,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         summary[f"{split}_{name}"] = value
     summary["epoch"] = epoch
     writer.write_scalars(step, summary)
+    summary["step"] = step
+    history.append(summary)
+    if is_writer:
+      _write_history(workdir, history)
     logging.info("epoch %g (step %d): train -ELBO %.2f (reconstruction %.2f, KL %.2f); "
                  "test -ELBO %.2f nats", epoch, step, summary["train_neg_elbo"],
                  summary["train_reconstruction"], summary["train_kl"],
                  summary.get("test_neg_elbo", float("nan")))
     return summary
 
-  summary = {}
   pending, epoch_metrics = [], []
   interval_start_time, interval_start_step = time.time(), start_step
   epoch_indices, indices_epoch = None, None
@@ -260,17 +295,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if end_of_epoch:
       train_means = {name: float(np.mean([m[name] for m in epoch_metrics]))
                      for name in ("neg_elbo", "reconstruction", "kl", "loss")}
-      summary = log_epoch(round(finished / steps_per_epoch, 3), finished, train_means)
+      log_epoch(round(finished / steps_per_epoch, 3), finished, train_means)
       epoch_metrics = []
       checkpointer.save(finished, state)
+      epochs_done, partial = divmod(finished, steps_per_epoch)
+      every = config.figures.every_epochs
+      if (is_writer and every and not partial and epochs_done % every == 0
+          and finished < num_steps):
+        write_figures(workdir, writer, finished, visualize.make_figures(
+            model, state.params, config, splits["test"], rng_figures, cheap_only=True),
+                      save_png=False)
       interval_start_time = time.time()  # Steps/s should not count evaluation time.
 
   if is_writer:
-    _write_figures(workdir, writer, num_steps, model, state.params, config, splits["test"],
-                   rng_figures)
+    paths = write_figures(workdir, writer, num_steps, visualize.make_figures(
+        model, state.params, config, splits["test"], rng_figures, history=history))
+    logging.info("Wrote %d figures to %s.", len(paths), os.path.dirname(paths[0]))
   writer.flush()
   checkpointer.close()
-  return summary
+  return history[-1] if history else {}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

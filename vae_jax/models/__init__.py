@@ -1,38 +1,77 @@
 """Model families, built from `config.model` by `get_model`."""
 
+import functools
+
 import flax.linen as nn
 
+from vae_jax.models import conv
 from vae_jax.models import mlp
-from vae_jax.models.vae import VAE, reparameterize
+from vae_jax.models.vae import VAE, BernoulliHead, GaussianHead, reparameterize
 
 IMAGE_SHAPE = (28, 28, 1)
 
 ACTIVATIONS = {
     "tanh": nn.tanh,
     "relu": nn.relu,
-    "leaky_relu": nn.leaky_relu,
+    "leaky_relu": nn.leaky_relu,  # Its slope for x < 0 is config.model.negative_slope.
     "elu": nn.elu,
     "gelu": nn.gelu,
     "softplus": nn.softplus,
 }
 
 KERNEL_INITS = {
-    "glorot_uniform": nn.initializers.glorot_uniform(),
-    "lecun_normal": nn.initializers.lecun_normal(),
-    "he_normal": nn.initializers.he_normal(),
+    "glorot_uniform": lambda stddev: nn.initializers.glorot_uniform(),
+    "lecun_normal": lambda stddev: nn.initializers.lecun_normal(),
+    "he_normal": lambda stddev: nn.initializers.he_normal(),
+    # As TF's truncated_normal: a normal of this stddev, cut at 2 stddev (seed 003).
+    "truncated_normal": nn.initializers.truncated_normal,
 }
+
+
+def _activation(name: str, negative_slope: float):
+  if name == "leaky_relu":
+    return functools.partial(nn.leaky_relu, negative_slope=negative_slope)
+  return ACTIVATIONS[name]
+
+
+def _head(model_config) -> nn.Module:
+  if model_config.likelihood == "bernoulli":
+    return BernoulliHead()
+  return GaussianHead(mean_activation=model_config.gaussian_mean,
+                      variance=model_config.gaussian_variance,
+                      fixed_variance=model_config.gaussian_fixed_variance,
+                      min_variance=model_config.gaussian_min_variance)
 
 
 def get_model(model_config) -> VAE:
   """A pure VAE module for `config.model` (read here, once, outside any jitted code)."""
-  activation = ACTIVATIONS[model_config.activation]
-  kernel_init = KERNEL_INITS[model_config.kernel_init]
+  activation = _activation(model_config.activation, model_config.negative_slope)
+  kernel_init = KERNEL_INITS[model_config.kernel_init](model_config.init_stddev)
+  dropout_rate = model_config.dropout_rate
   if model_config.name == "mlp":
     hidden_dims = tuple(model_config.hidden_dims)
-    return VAE(
-        encoder=mlp.MLPEncoder(hidden_dims, model_config.latent_dim, activation, kernel_init),
-        decoder=mlp.MLPDecoder(hidden_dims, IMAGE_SHAPE, activation, kernel_init))
-  raise ValueError(f"Unknown config.model.name={model_config.name!r}.")
+    encoder = mlp.MLPEncoder(hidden_dims, model_config.latent_dim, activation, kernel_init,
+                             dropout_rate)
+    decoder = mlp.MLPDecoder(hidden_dims, IMAGE_SHAPE, activation, kernel_init, dropout_rate)
+  elif model_config.name == "conv":
+    spec = model_config.conv
+    encoder = conv.ConvEncoder(
+        features=tuple(spec.encoder_features), strides=tuple(spec.encoder_strides),
+        kernel_size=spec.kernel_size, latent_dim=model_config.latent_dim,
+        activation=activation, kernel_init=kernel_init, dropout_rate=dropout_rate)
+    decoder = conv.ConvDecoder(
+        dense_dims=tuple(spec.decoder_dense_dims), initial_side=spec.decoder_initial_side,
+        features=tuple(spec.decoder_features), strides=tuple(spec.decoder_strides),
+        kernel_size=spec.kernel_size, image_shape=IMAGE_SHAPE, activation=activation,
+        conv_activation=_activation(spec.decoder_conv_activation,
+                                    model_config.negative_slope),
+        kernel_init=kernel_init, dropout_rate=dropout_rate)
+  else:
+    raise ValueError(f"Unknown config.model.name={model_config.name!r}.")
+  num_classes = model_config.num_classes if model_config.conditional else 0
+  return VAE(encoder=encoder, decoder=decoder, head=_head(model_config),
+             num_classes=num_classes)
 
 
-__all__ = ["VAE", "get_model", "reparameterize", "IMAGE_SHAPE"]
+__all__ = ["VAE", "BernoulliHead", "GaussianHead", "get_model", "reparameterize",
+           "IMAGE_SHAPE"]

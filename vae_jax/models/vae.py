@@ -1,4 +1,10 @@
-"""The VAE wrapper shared by every backbone: q(z|x) = N(mean, exp(logvar)), p(x|z) from the decoder."""
+"""The VAE wrapper shared by every backbone.
+
+q(z|x[, y]) = N(mean, exp(logvar)) from the encoder; p(x|z[, y]) from the decoder followed
+by a likelihood head. Conditioning is an option of the wrapper, so every backbone can be a
+conditional VAE: the label's one-hot goes to the encoder (each backbone decides how) and is
+concatenated to z at the decoder input.
+"""
 
 import flax.linen as nn
 import jax
@@ -10,24 +16,90 @@ def reparameterize(mean: jax.Array, logvar: jax.Array, eps: jax.Array) -> jax.Ar
   return mean + jnp.exp(0.5 * logvar) * eps
 
 
+class BernoulliHead(nn.Module):
+  """Decoder outputs are the logits of independent Bernoulli pixels."""
+
+  def __call__(self, output: jax.Array) -> dict[str, jax.Array]:
+    return {"logits": output}
+
+
+class GaussianHead(nn.Module):
+  """Decoder outputs -> mean and log-variance of independent Gaussian pixels.
+
+  Attributes:
+    mean_activation: "linear" (seed 003) or "sigmoid" (seeds 001/002: a mean in [0, 1]).
+    variance: "fixed" (`fixed_variance` for every pixel), "learned_global" (one learned
+      variance) or "learned_per_pixel" (one learned variance per pixel).
+    fixed_variance: sigma^2 when fixed; 0.5 turns the NLL into the summed squared error
+      (+ a constant), 1.0 into half of it.
+    min_variance: floor of a learned variance. Pixels that are always 0 would otherwise
+      drive it to 0 and the density to infinity.
+  """
+  mean_activation: str = "linear"
+  variance: str = "fixed"
+  fixed_variance: float = 1.0
+  min_variance: float = 1e-3
+
+  @nn.compact
+  def __call__(self, output: jax.Array) -> dict[str, jax.Array]:
+    mean = jax.nn.sigmoid(output) if self.mean_activation == "sigmoid" else output
+    image_shape = output.shape[-3:]
+    if self.variance == "fixed":
+      return {"mean": mean, "logvar": jnp.full(image_shape, jnp.log(self.fixed_variance))}
+    shape = image_shape if self.variance == "learned_per_pixel" else ()
+    raw = self.param("raw_logvar", nn.initializers.zeros, shape)
+    # variance = exp(raw) + min_variance, smooth in raw; starts at 1 + min_variance.
+    logvar = jnp.logaddexp(raw, jnp.log(self.min_variance))
+    return {"mean": mean, "logvar": jnp.broadcast_to(logvar, image_shape)}
+
+
 class VAE(nn.Module):
   """Pure: the caller supplies the noise `eps`, drawn from its own explicit key.
 
   Attributes:
-    encoder: module mapping an image to (mean, logvar) of the Gaussian posterior.
-    decoder: module mapping a latent to the likelihood's parameters (e.g. Bernoulli logits).
+    encoder: module (image, condition, train) -> (mean, logvar) of the Gaussian posterior.
+    decoder: module (latent, train) -> one raw output per pixel.
+    head: module mapping the decoder's output to the likelihood's parameters (a dict).
+    num_classes: > 0 makes the model conditional on a label in [0, num_classes).
   """
   encoder: nn.Module
   decoder: nn.Module
+  head: nn.Module
+  num_classes: int = 0
 
-  def encode(self, image: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
-    return self.encoder(image, train=train)
+  @property
+  def conditional(self) -> bool:
+    return self.num_classes > 0
 
-  def decode(self, z: jax.Array, train: bool = False) -> jax.Array:
-    return self.decoder(z, train=train)
+  @property
+  def latent_dim(self) -> int:
+    return self.encoder.latent_dim
 
-  def __call__(self, image: jax.Array, eps: jax.Array, train: bool = False):
-    """Returns (mean, logvar, z, decoder output) for one reparameterized sample."""
-    mean, logvar = self.encode(image, train=train)
+  def _condition(self, label) -> jax.Array | None:
+    """Integer labels -> one-hot; a float array is taken as a (soft) one-hot already."""
+    if not self.conditional:
+      return None
+    if label is None:
+      raise ValueError("This VAE is conditional: pass the label.")
+    label = jnp.asarray(label)
+    if jnp.issubdtype(label.dtype, jnp.integer):
+      return jax.nn.one_hot(label, self.num_classes)
+    return label
+
+  def encode(self, image: jax.Array, label=None, train: bool = False):
+    """(mean, logvar) of q(z|x[, y])."""
+    return self.encoder(image, self._condition(label), train=train)
+
+  def decode(self, z: jax.Array, label=None, train: bool = False) -> dict[str, jax.Array]:
+    """The likelihood's parameters for p(x|z[, y]); z may have extra leading (sample) axes."""
+    condition = self._condition(label)
+    if condition is not None:
+      condition = jnp.broadcast_to(condition, z.shape[:-1] + condition.shape[-1:])
+      z = jnp.concatenate([z, condition.astype(z.dtype)], axis=-1)
+    return self.head(self.decoder(z, train=train))
+
+  def __call__(self, image: jax.Array, eps: jax.Array, label=None, train: bool = False):
+    """Returns (mean, logvar, z, likelihood parameters); eps may carry a sample axis."""
+    mean, logvar = self.encode(image, label, train=train)
     z = reparameterize(mean, logvar, eps)
-    return mean, logvar, z, self.decode(z, train=train)
+    return mean, logvar, z, self.decode(z, label, train=train)

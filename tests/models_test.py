@@ -1,0 +1,139 @@
+"""Shapes, conditioning and dropout of every model variant."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.conftest import shipped_config, tiny_config
+from vae_jax import config_schema
+from vae_jax import evaluate
+from vae_jax import losses
+from vae_jax import models
+
+
+def _model_config(name, conditional=False, likelihood="bernoulli", dropout_rate=0.0):
+  config = config_schema.default_config().model
+  config.name = name
+  config.conditional = conditional
+  config.likelihood = likelihood
+  config.dropout_rate = dropout_rate
+  config.latent_dim = 3
+  config.hidden_dims = (16,)
+  config.conv.encoder_features = (4, 4, 4)
+  config.conv.decoder_features = (4, 4, 4)
+  return config
+
+
+def _init(model, latent_dim=3):
+  return model.init(jax.random.key(0), jnp.zeros((28, 28, 1)), jnp.zeros(latent_dim),
+                    jnp.zeros((), jnp.int32))
+
+
+VARIANTS = [(name, conditional, likelihood)
+            for name in ("mlp", "conv") for conditional in (False, True)
+            for likelihood in ("bernoulli", "gaussian")]
+
+
+@pytest.mark.parametrize("name, conditional, likelihood", VARIANTS)
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_output_shapes_and_batched_equals_per_example(name, conditional, likelihood,
+                                                      batch_size):
+  model = models.get_model(_model_config(name, conditional, likelihood))
+  variables = _init(model)
+  images = jax.random.uniform(jax.random.key(1), (batch_size, 28, 28, 1))
+  labels = jnp.arange(batch_size, dtype=jnp.int32) % 10
+  mean, logvar = model.apply(variables, images, labels, method=model.encode)
+  assert mean.shape == logvar.shape == (batch_size, 3)
+  decoded = model.apply(variables, mean, labels, method=model.decode)
+  expected_keys = {"logits"} if likelihood == "bernoulli" else {"mean", "logvar"}
+  assert set(decoded) == expected_keys
+  for key in expected_keys - {"logvar"}:
+    assert decoded[key].shape == (batch_size, 28, 28, 1)
+  # A sample axis in front of z (num_samples > 1 in the ELBO) also decodes.
+  eps = jax.random.normal(jax.random.key(2), (5, 3))
+  one = model.apply(variables, images[0], eps, labels[0])
+  assert one[2].shape == (5, 3)
+  assert next(iter(one[3].values())).shape[0] == 5
+  # The batch is independent examples: batched == vmapped per example, to 1e-5.
+  per_example = jax.vmap(lambda x, y: model.apply(variables, x, y, method=model.encode)[0])(
+      images, labels)
+  np.testing.assert_allclose(per_example, mean, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_layers_have_the_seeds_shapes():
+  """28 -> 14 -> 7 -> 7 in the encoder; 7 -> 14 -> 14 -> 14 in the decoder."""
+  model = models.get_model(shipped_config("conv").model)
+  params = _init(model, latent_dim=8)["params"]
+  assert params["encoder"]["mean"]["kernel"].shape == (7 * 7 * 64, 8)
+  assert params["encoder"]["logvar"]["kernel"].shape == (7 * 7 * 64, 8)
+  assert params["decoder"]["Dense_0"]["kernel"].shape == (8, 24)
+  assert params["decoder"]["Dense_1"]["kernel"].shape == (24, 49)
+  assert params["decoder"]["output"]["kernel"].shape == (14 * 14 * 64, 784)
+  assert params["encoder"]["Conv_0"]["kernel"].shape == (4, 4, 1, 64)
+
+
+@pytest.mark.parametrize("name", ["mlp", "conv"])
+def test_conditional_decoder_output_changes_with_the_label(name):
+  model = models.get_model(_model_config(name, conditional=True))
+  variables = _init(model)
+  z = jax.random.normal(jax.random.key(3), (3,))
+  outputs = [model.apply(variables, z, jnp.int32(label), method=model.decode)["logits"]
+             for label in range(10)]
+  for label in range(1, 10):
+    assert float(jnp.max(jnp.abs(outputs[label] - outputs[0]))) > 1e-4, label
+  # The same label twice gives the same output: the change is the label's doing.
+  again = model.apply(variables, z, jnp.int32(0), method=model.decode)["logits"]
+  np.testing.assert_array_equal(again, outputs[0])
+  # A one-hot float vector is the same condition as the integer label.
+  soft = model.apply(variables, z, jax.nn.one_hot(4, 10), method=model.decode)["logits"]
+  np.testing.assert_allclose(soft, outputs[4], rtol=1e-6, atol=1e-6)
+
+
+def test_conditional_model_without_a_label_says_so():
+  model = models.get_model(_model_config("mlp", conditional=True))
+  variables = _init(model)
+  with pytest.raises(ValueError, match="conditional: pass the label"):
+    model.apply(variables, jnp.zeros(3), method=model.decode)
+
+
+@pytest.mark.parametrize("name", ["mlp", "conv"])
+def test_dropout_is_active_in_training_and_off_in_evaluation_and_sampling(name):
+  model = models.get_model(_model_config(name, dropout_rate=0.5))
+  variables = _init(model)
+  image = jax.random.uniform(jax.random.key(4), (28, 28, 1))
+
+  def encode(train, dropout_key):
+    return model.apply(variables, image, None, train=train, method=model.encode,
+                       rngs={"dropout": dropout_key})[0]
+
+  first, second = encode(True, jax.random.key(5)), encode(True, jax.random.key(6))
+  assert float(jnp.max(jnp.abs(first - second))) > 1e-4  # Masks differ by key.
+  np.testing.assert_array_equal(encode(True, jax.random.key(5)), first)  # Same key, same.
+  evaluated = encode(False, jax.random.key(5))
+  np.testing.assert_array_equal(evaluated, encode(False, jax.random.key(6)))
+  # Evaluation needs no dropout key at all and matches the train=False pass.
+  np.testing.assert_array_equal(model.apply(variables, image, method=model.encode)[0],
+                                evaluated)
+
+  config = tiny_config()
+  config.model = _model_config(name, dropout_rate=0.5)
+  example_terms = losses.make_example_terms_fn(model, config, train=False)
+  image_uint8 = (image * 255).astype(jnp.uint8)
+  key = jax.random.key(7)
+  np.testing.assert_array_equal(
+      example_terms(variables["params"], image_uint8, 0, key)["neg_elbo"],
+      example_terms(variables["params"], image_uint8, 0, key)["neg_elbo"])
+  train_terms = losses.make_example_terms_fn(model, config, train=True)
+  train_values = {float(train_terms(variables["params"], image_uint8, 0,
+                                    jax.random.key(k))["reconstruction"]) for k in range(4)}
+  assert len(train_values) == 4
+
+  samples = [evaluate.sample_prior(model, variables["params"], jax.random.key(8),
+                                   likelihood="bernoulli", num_samples=4) for _ in range(2)]
+  np.testing.assert_array_equal(samples[0], samples[1])
+
+
+def test_unknown_model_name_is_refused():
+  with pytest.raises(ValueError, match="Unknown config.model.name"):
+    models.get_model(_model_config("transformer"))

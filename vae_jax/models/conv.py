@@ -1,0 +1,82 @@
+"""Convolutional encoder and decoder (seeds 001/002).
+
+Encoder: strided 'SAME' convolutions, each followed by dropout, then dense mean and
+log-variance heads. (The seeds' log-std head `0.5 * dense` is the same parametrization:
+logvar = 2 * log-std = dense.) Decoder: dense layers up to a small feature map,
+transposed convolutions, then a dense layer to one output per pixel.
+"""
+
+import math
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class ConvEncoder(nn.Module):
+  """Image [+ condition as constant channels] -> convs -> (mean, logvar); batched or not."""
+  features: Sequence[int]
+  strides: Sequence[int]
+  kernel_size: int
+  latent_dim: int
+  activation: Callable[[jax.Array], jax.Array]
+  kernel_init: nn.initializers.Initializer
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, image: jax.Array, condition: jax.Array | None = None,
+               train: bool = False):
+    hidden = image
+    if condition is not None:
+      # The one-hot as extra input channels, constant over the image: the conv analogue of
+      # concatenating it to the flattened pixels.
+      channels = jnp.broadcast_to(condition[..., None, None, :].astype(image.dtype),
+                                  image.shape[:-1] + condition.shape[-1:])
+      hidden = jnp.concatenate([image, channels], axis=-1)
+    for features, stride in zip(self.features, self.strides, strict=True):
+      hidden = nn.Conv(features, (self.kernel_size, self.kernel_size), strides=stride,
+                       padding="SAME", kernel_init=self.kernel_init)(hidden)
+      hidden = self.activation(hidden)
+      hidden = nn.Dropout(self.dropout_rate, deterministic=not train)(hidden)
+    hidden = hidden.reshape(hidden.shape[:-3] + (-1,))
+    mean = nn.Dense(self.latent_dim, kernel_init=self.kernel_init, name="mean")(hidden)
+    logvar = nn.Dense(self.latent_dim, kernel_init=self.kernel_init, name="logvar")(hidden)
+    return mean, logvar
+
+
+class ConvDecoder(nn.Module):
+  """Latent -> dense layers -> (side, side, c) map -> transposed convs -> dense per pixel.
+
+  The last dense width must be side * side * c for the reshape (seeds: 49 = 7 x 7 x 1).
+  Dropout follows every transposed conv but the last, as in the seeds.
+  """
+  dense_dims: Sequence[int]
+  initial_side: int
+  features: Sequence[int]
+  strides: Sequence[int]
+  kernel_size: int
+  image_shape: tuple[int, int, int]
+  activation: Callable[[jax.Array], jax.Array]
+  conv_activation: Callable[[jax.Array], jax.Array]
+  kernel_init: nn.initializers.Initializer
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, z: jax.Array, train: bool = False):
+    hidden = z
+    for width in self.dense_dims:
+      hidden = self.activation(nn.Dense(width, kernel_init=self.kernel_init)(hidden))
+    channels = self.dense_dims[-1] // (self.initial_side * self.initial_side)
+    hidden = hidden.reshape(z.shape[:-1] + (self.initial_side, self.initial_side, channels))
+    for index, (features, stride) in enumerate(zip(self.features, self.strides, strict=True)):
+      hidden = nn.ConvTranspose(features, (self.kernel_size, self.kernel_size),
+                                strides=(stride, stride), padding="SAME",
+                                kernel_init=self.kernel_init)(hidden)
+      hidden = self.conv_activation(hidden)
+      if index < len(self.features) - 1:
+        hidden = nn.Dropout(self.dropout_rate, deterministic=not train)(hidden)
+    hidden = hidden.reshape(z.shape[:-1] + (-1,))
+    num_pixels = math.prod(self.image_shape)
+    output = nn.Dense(num_pixels, kernel_init=self.kernel_init, name="output")(hidden)
+    return output.reshape(z.shape[:-1] + tuple(self.image_shape))

@@ -1,0 +1,93 @@
+"""Figures from a finished (or running) run's latest checkpoint, without retraining.
+
+    python -m vae_jax.sample --workdir=runs/cvae --label=7 --num=64
+
+Rebuilds the model from workdir/config.json, restores the latest checkpoint and writes
+every figure that applies to the model under workdir/figures/ (and to TensorBoard), plus
+`--num` samples from the prior: of class `--label` for a conditional model
+(samples_label<label>.png), else prior_samples.png.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from clu import metric_writers
+import jax
+
+from vae_jax import checkpoint
+from vae_jax import config_schema
+from vae_jax import input_pipeline
+from vae_jax import models
+from vae_jax import train
+from vae_jax import visualize
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A run's workdir (holds config.json and checkpoints/).")
+flags.DEFINE_integer("label", None, "Class to sample (conditional models); default: "
+                     "config.figures.label.")
+flags.DEFINE_integer("num", 64, "Number of samples from the prior.")
+flags.DEFINE_bool("all_figures", True, "Also redraw every other figure of the run.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def make_run_figures(workdir: str, *, label: int | None, num: int,
+                     all_figures: bool = True) -> list[str]:
+  """Writes the figures; returns their paths. Raises ValueError on a bad request."""
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    raise ValueError(f"{config_path} does not exist: --workdir must be a directory that "
+                     "python -m vae_jax.main trained in.")
+  config = config_schema.load_json(config_path)
+  model = models.get_model(config.model)
+  if label is not None and not model.conditional:
+    raise ValueError(f"--label={label} needs a conditional model; the run in {workdir} has "
+                     "config.model.conditional=False. Drop --label.")
+  if label is not None and not 0 <= label < model.num_classes:
+    raise ValueError(f"--label={label} must be in [0, {model.num_classes}).")
+  if num <= 0:
+    raise ValueError(f"--num={num} must be positive.")
+
+  keys = train.run_keys(config.seed)
+  checkpointer = checkpoint.Checkpointer(workdir, config.checkpoints_to_keep)
+  step = checkpointer.latest_step()
+  if step is None:
+    raise ValueError(f"No checkpoint under {checkpointer.directory}: train first with "
+                     f"python -m vae_jax.main --config=... --workdir={workdir}")
+  # Restored onto one device: figures need no data parallelism.
+  state = checkpointer.restore_or(train.create_train_state(model, config, keys["init"]))
+  checkpointer.close()
+  logging.info("Restored step %d from %s.", step, checkpointer.directory)
+
+  named_figures = {}
+  if all_figures:
+    test_split = input_pipeline.load_splits(config.data)["test"]
+    named_figures = visualize.make_figures(model, state.params, config, test_split,
+                                           keys["figures"],
+                                           history=train.read_history(workdir, step))
+  name, figure = visualize.sample_figure(model, state.params, config, keys["figures"],
+                                         num=num, label=label)
+  named_figures[name] = figure
+  writer = metric_writers.create_default_writer(workdir,
+                                                just_logging=jax.process_index() != 0)
+  paths = train.write_figures(workdir, writer, step, named_figures)
+  writer.flush()
+  return paths
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    paths = make_run_figures(FLAGS.workdir, label=FLAGS.label, num=FLAGS.num,
+                             all_figures=FLAGS.all_figures)
+  except (ValueError, input_pipeline.DataError) as error:
+    sys.exit(str(error))
+  for path in paths:
+    print(path)
+
+
+if __name__ == "__main__":
+  app.run(main)
