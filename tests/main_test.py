@@ -1,6 +1,7 @@
 """End to end through the real entry point and the real TFDS path, plus bad input."""
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -65,12 +66,21 @@ def test_sample_cli_draws_a_class_from_a_tiny_conditional_run(tmp_path, mnist_ma
   for name in ("class_grid", "latent_manifold", "latent_scatter"):
     assert (workdir / "figures" / f"{name}.png").stat().st_size > 1000, name
   assert not (workdir / "figures" / "samples_label3.png").exists()
+  trained_figures = {path.name: path.read_bytes() for path in (workdir / "figures").iterdir()}
 
-  result = _run_sample(f"--workdir={workdir}", "--label=3", "--num=16", "--noall_figures")
+  result = _run_sample(f"--workdir={workdir}", "--label=3", "--num=16")
   assert result.returncode == 0, result.stderr[-5000:]
   png = (workdir / "figures" / "samples_label3.png").read_bytes()
   assert png.startswith(b"\x89PNG") and len(png) > 1000
-  assert result.stdout.split() == [str(workdir / "figures" / "samples_label3.png")]
+  printed = {os.path.basename(path) for path in result.stdout.split()}
+  assert printed == set(trained_figures) | {"samples_label3.png"}
+  # Same checkpoint, same fixed keys: the redrawn figures are the training run's, byte for byte.
+  for name, png in trained_figures.items():
+    assert (workdir / "figures" / name).read_bytes() == png, name
+
+  result = _run_sample(f"--workdir={workdir}", "--label=5", "--num=4", "--noall_figures")
+  assert result.returncode == 0, result.stderr[-5000:]
+  assert result.stdout.split() == [str(workdir / "figures" / "samples_label5.png")]
 
   result = _run_sample(f"--workdir={workdir}", "--label=10")
   assert result.returncode == 1 and "--label=10 must be in [0, 10)" in result.stderr
@@ -130,7 +140,7 @@ def test_validate_rejects_bad_values(key, value, expected):
   for parent in parents:
     node = node[parent]
   node[name] = value
-  with pytest.raises(ValueError, match=expected.replace("(", r"\(")):
+  with pytest.raises(ValueError, match=re.escape(expected)):
     config_schema.validate(config)
 
 
