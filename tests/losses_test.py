@@ -141,3 +141,11 @@ def test_gaussian_head_variance_options(variance, param_shape):
   very_negative = jax.tree.map(lambda p: p - 1e3, variables)
   floor = np.exp(head.apply(very_negative, output)["logvar"])
   np.testing.assert_allclose(floor, 1e-3, rtol=1e-5)
+
+
+def test_bernoulli_log_likelihood_gradient_is_x_minus_sigmoid_including_at_zero():
+  logits = jnp.asarray([[-30.0, -2.0, 0.0, 0.0, 1.5, 30.0]] * 1, jnp.float32).reshape(
+      1, 1, 6, 1)
+  image = jnp.asarray([0.0, 1.0, 0.0, 1.0, 0.3, 1.0]).reshape(1, 1, 6, 1)
+  grads = jax.grad(lambda l: losses.bernoulli_log_likelihood(image, l).sum())(logits)
+  np.testing.assert_allclose(grads, image - jax.nn.sigmoid(logits), rtol=1e-6, atol=1e-7)

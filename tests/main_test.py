@@ -1,5 +1,6 @@
 """End to end through the real entry point and the real TFDS path, plus bad input."""
 
+import json
 import os
 import re
 import subprocess
@@ -47,6 +48,27 @@ def test_tiny_main_run_writes_metrics_checkpoint_and_figures(tmp_path, mnist_man
     assert png.startswith(b"\x89PNG") and len(png) > 1000
     assert f"figures/{name}".encode() in event_bytes  # Also a TensorBoard image.
 
+  result = _run_sample(f"--workdir={workdir}", "--label=3")
+  assert result.returncode == 1 and "needs a conditional model" in result.stderr
+
+  # The evaluate CLI on the same run: eval.json, and the -ELBO that training logged.
+  result = subprocess.run([sys.executable, "-m", "vae_jax.evaluate", f"--workdir={workdir}",
+                           "--num_importance_samples=20"], cwd=REPO_ROOT,
+                          env=dict(os.environ, VAE_JAX_MANUAL_DIR=mnist_manual_dir),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-5000:]
+  assert "test -ELBO" in result.stdout and "NLL" in result.stdout
+  evaluation = json.loads((workdir / "eval.json").read_text())
+  for key in ("nll_nats", "neg_elbo_nats", "nll_stderr", "num_importance_samples",
+              "num_examples", "split", "seconds"):
+    assert key in evaluation, key
+  assert evaluation["num_examples"] == 10000 and evaluation["split"] == "test"
+  logged = json.loads((workdir / "epoch_metrics.jsonl").read_text().splitlines()[-1])
+  np.testing.assert_allclose(evaluation["neg_elbo_nats"], logged["test_neg_elbo"], rtol=1e-5)
+  # Importance sampling tightens the bound: NLL estimate below the -ELBO, both positive.
+  assert 0 < evaluation["nll_nats"] < evaluation["neg_elbo_nats"]
+  assert 0 < evaluation["nll_stderr"] < 5
+
 
 def _run_sample(*flags):
   return subprocess.run([sys.executable, "-m", "vae_jax.sample", *flags], cwd=REPO_ROOT,
@@ -92,8 +114,6 @@ def test_sample_cli_errors_are_one_line_and_say_what_to_do(tmp_path):
   assert "config.json does not exist" in result.stderr and "Traceback" not in result.stderr
   config = tiny_config()
   (tmp_path / "config.json").write_text(config.to_json_best_effort())
-  result = _run_sample(f"--workdir={tmp_path}", "--label=3")
-  assert result.returncode == 1 and "needs a conditional model" in result.stderr
   result = _run_sample(f"--workdir={tmp_path}")
   assert result.returncode == 1 and "No checkpoint" in result.stderr
 

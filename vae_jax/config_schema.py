@@ -22,7 +22,8 @@ ALLOWED_VALUES = {
     "model.likelihood": ("bernoulli", "gaussian"),
     "model.gaussian_mean": ("linear", "sigmoid"),
     "model.gaussian_variance": ("fixed", "learned_global", "learned_per_pixel"),
-    "loss.objective": ("elbo",),
+    "loss.objective": ("elbo", "iwae"),
+    "train.learning_rate_schedule": ("constant", "iwae"),
 }
 
 # Datasets whose pixels are already 0/1; the "static" binarization mode means "use one".
@@ -89,6 +90,12 @@ def default_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 100
   config.train.learning_rate = 1e-3
+  # 'constant', or 'iwae': Burda et al. 2015's 3^i epochs at learning_rate * 10^(-i/7).
+  config.train.learning_rate_schedule = "constant"
+  config.train.schedule_stages = 8  # Of the 'iwae' schedule: i = 0..7, 3280 epochs.
+  config.train.adam_b1 = 0.9
+  config.train.adam_b2 = 0.999
+  config.train.adam_eps = 1e-8  # optax's default; Burda et al. used 1e-4.
   config.train.num_epochs = 20
   config.train.num_steps = 0  # When > 0, overrides num_epochs.
   # Metrics are fetched from the device (and checked for NaN) this often.
@@ -96,6 +103,10 @@ def default_config() -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 1000
+  # Importance-sampled test NLL at the end of training (0: off; the literature uses 5000).
+  config.eval.num_importance_samples = 0
+  config.eval.nll_batch_size = 100  # Examples per NLL batch ...
+  config.eval.importance_chunk_size = 1000  # ... times samples per chunk bounds the memory.
 
   config.figures = ml_collections.ConfigDict()
   config.figures.num_reconstructions = 10
@@ -172,7 +183,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   positive_ints = ("model.latent_dim", "model.num_classes", "model.conv.kernel_size",
                    "model.conv.decoder_initial_side", "loss.num_samples", "train.batch_size",
-                   "train.log_every_steps", "eval.batch_size", "checkpoints_to_keep",
+                   "train.log_every_steps", "eval.batch_size", "eval.nll_batch_size",
+                   "eval.importance_chunk_size", "checkpoints_to_keep", "train.schedule_stages",
                    "figures.manifold_size", "figures.samples_per_class",
                    "figures.interpolation_steps")
   for key in positive_ints:
@@ -180,6 +192,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
             f"config.{key}={value!r} must be a positive integer.")
   for key in ("train.num_epochs", "train.num_steps", "data.validation_size",
+              "eval.num_importance_samples",
               "figures.num_reconstructions", "figures.num_prior_samples",
               "figures.every_epochs", "figures.num_scatter_points",
               "figures.num_interpolations", "figures.num_denoising_examples"):
@@ -188,12 +201,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.{key}={value!r} must be a non-negative integer.")
   require(config.train.num_epochs > 0 or config.train.num_steps > 0,
           "config.train.num_epochs and config.train.num_steps are both 0: nothing to train.")
-  for key in ("train.learning_rate", "model.init_stddev", "model.gaussian_fixed_variance",
+  for key in ("train.learning_rate", "train.adam_eps", "model.init_stddev", "model.gaussian_fixed_variance",
               "model.gaussian_min_variance"):
     value = _get(config, key)
     require(value > 0, f"config.{key}={value!r} must be > 0.")
   require(config.loss.kl_weight >= 0,
           f"config.loss.kl_weight={config.loss.kl_weight!r} must be >= 0.")
+  if config.loss.objective == "iwae":
+    require(config.loss.kl_weight == 1.0,
+            f"config.loss.objective='iwae' is a bound on log p(x) and has no KL weight: "
+            f"config.loss.kl_weight={config.loss.kl_weight!r} must be 1.0.")
+  for key in ("train.adam_b1", "train.adam_b2"):
+    value = _get(config, key)
+    require(0 <= value < 1, f"config.{key}={value!r} must be in [0, 1).")
   require(0 <= config.model.dropout_rate < 1,
           f"config.model.dropout_rate={config.model.dropout_rate!r} must be in [0, 1).")
   noise_stds = config.figures.denoising_noise_stds

@@ -1,6 +1,17 @@
-"""Evaluators: take parameters and device-resident data, return numbers or arrays; write nothing."""
+"""Evaluators: take parameters and device-resident data, return numbers or arrays; write nothing.
+
+Also the command line `python -m vae_jax.evaluate --workdir=DIR [--num_importance_samples=
+5000]`, which prints a finished run's test NLL and -ELBO and writes them to DIR/eval.json.
+"""
 
 import functools
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
 
 import flax.linen as nn
 import jax
@@ -43,6 +54,80 @@ def make_elbo_evaluator(model: nn.Module, config, mesh: jax.sharding.Mesh):
                         jax.device_put(mask, index_sharding), rng)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     return {name: float(value) / num_examples for name, value in jax.device_get(totals).items()}
+
+  return evaluate
+
+
+def importance_sampled_log_likelihood(model: nn.Module, params, image: jax.Array, label,
+                                      rng: jax.Array, *, likelihood: str,
+                                      num_samples: int, chunk_size: int) -> jax.Array:
+  """log p(x) ~ logmeanexp_j log w_j over `num_samples` samples of q(z|x), for ONE example.
+
+  The samples are processed `chunk_size` at a time (memory stays bounded for k = 5000);
+  sample j's noise comes from fold_in(rng, j), so the estimate does not depend on the
+  chunk size. Each chunk's logsumexp is kept and combined at the end, which is exact.
+  """
+  num_chunks = -(-num_samples // chunk_size)
+
+  def chunk_logsumexp(chunk):
+    indices = chunk * chunk_size + jnp.arange(chunk_size)
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, indices)
+    eps = jax.vmap(lambda key: jax.random.normal(key, (model.latent_dim,)))(keys)
+    log_weights = losses.log_importance_weights(model, {"params": params}, image, label,
+                                                eps, likelihood=likelihood)
+    # Samples past num_samples (the last chunk's padding) get weight 0.
+    return jax.nn.logsumexp(jnp.where(indices < num_samples, log_weights, -jnp.inf))
+
+  chunk_values = jax.lax.map(chunk_logsumexp, jnp.arange(num_chunks))
+  return jax.nn.logsumexp(chunk_values) - jnp.log(num_samples)
+
+
+def make_nll_evaluator(model: nn.Module, config, mesh: jax.sharding.Mesh, *,
+                       num_importance_samples: int):
+  """Returns evaluate(params, dataset, rng) -> importance-sampled NLL over a split.
+
+  The result is a dict: `nll_nats` (mean of -log p(x) over the split's examples, nats),
+  `nll_stderr` (its standard error over examples) and `per_example_nll` (numpy). Batches
+  of `config.eval.nll_batch_size` examples are sharded over the mesh's "batch" axis; the
+  last partial batch is padded and masked. Example i's binarization and samples come
+  from fold_in(rng, i), as in the ELBO evaluator, so both score the same binarized images
+  and nothing depends on the device count or the batch and chunk sizes.
+  """
+  likelihood = config.model.likelihood
+  binarization = config.data.binarization
+  chunk_size = min(config.eval.importance_chunk_size, num_importance_samples)
+  num_devices = mesh.shape["batch"]
+  batch_size = -(-config.eval.nll_batch_size // num_devices) * num_devices
+  index_sharding = NamedSharding(mesh, P("batch"))
+
+  def example_nll(params, image_uint8, label, example_key):
+    image = input_pipeline.to_model_input(
+        image_uint8, binarization, jax.random.fold_in(example_key, losses.PURPOSE_BINARIZATION))
+    return -importance_sampled_log_likelihood(
+        model, params, image, label,
+        jax.random.fold_in(example_key, losses.PURPOSE_REPARAMETERIZATION),
+        likelihood=likelihood,
+        num_samples=num_importance_samples, chunk_size=chunk_size)
+
+  @jax.jit
+  def batch_nll(params, dataset, indices, rng):
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, indices)
+    return jax.vmap(example_nll, in_axes=(None, 0, 0, 0))(
+        params, dataset["image"][indices], dataset["label"][indices], keys)
+
+  def evaluate(params, dataset, rng) -> dict:
+    num_examples = dataset["image"].shape[0]
+    values = []
+    for start in range(0, num_examples, batch_size):
+      indices = np.minimum(np.arange(start, start + batch_size), num_examples - 1)
+      nll = batch_nll(params, dataset, jax.device_put(indices.astype(np.int32),
+                                                      index_sharding), rng)
+      values.append(np.asarray(nll)[:min(batch_size, num_examples - start)])
+    per_example = np.concatenate(values).astype(np.float64)
+    return {"nll_nats": float(per_example.mean()),
+            "nll_stderr": float(per_example.std(ddof=1) / np.sqrt(num_examples))
+                          if num_examples > 1 else float("nan"),
+            "per_example_nll": per_example}
 
   return evaluate
 
@@ -171,3 +256,117 @@ def denoise(model: nn.Module, params, images_uint8: jax.Array, labels: jax.Array
 
   return {"clean": clean, "noisy": noisy, "reconstructed": reconstructed,
           "reconstruction_error": error(reconstructed), "input_error": error(noisy)}
+
+
+
+@functools.partial(jax.jit, static_argnames=("model", "classify", "likelihood",
+                                             "samples_per_class"))
+def label_fidelity(model: nn.Module, params, classify, classifier_params, rng: jax.Array, *,
+                   likelihood: str, samples_per_class: int) -> jax.Array:
+  """Per class y, the fraction of mean images E[x|z, y], z ~ N(0, I), classified as y."""
+  num_classes = model.num_classes
+  z = jax.random.normal(rng, (num_classes * samples_per_class, model.latent_dim))
+  labels = jnp.repeat(jnp.arange(num_classes), samples_per_class)
+  images = _decode_mean(model, params, z, labels, likelihood)
+  predicted = jnp.argmax(classify(classifier_params, images), axis=-1)
+  return jnp.mean((predicted == labels).reshape(num_classes, samples_per_class), axis=1)
+
+
+def evaluate_params(model: nn.Module, params, config, dataset, mesh, rng, *,
+                    num_importance_samples: int) -> dict:
+  """Test-set numbers as eval.json holds them: -ELBO and, when k > 0, the NLL; in nats.
+
+  `params` and `dataset` should be replicated over the mesh; `rng` is the run's eval key,
+  so the -ELBO equals the one logged in training for the same parameters.
+  """
+  elbo = make_elbo_evaluator(model, config, mesh)(params, dataset, rng)
+  result = {
+      "neg_elbo_nats": elbo["neg_elbo"],
+      "reconstruction_nats": elbo["reconstruction"],
+      "kl_nats": elbo["kl"],
+      "num_examples": int(dataset["image"].shape[0]),
+      "num_importance_samples": num_importance_samples,
+  }
+  if num_importance_samples:
+    start = time.time()
+    nll = make_nll_evaluator(model, config, mesh,
+                             num_importance_samples=num_importance_samples)(params, dataset,
+                                                                            rng)
+    result.update(nll_nats=nll["nll_nats"], nll_stderr=nll["nll_stderr"],
+                  seconds=time.time() - start)  # Of the NLL, compilation included.
+  return result
+
+
+def format_result(result: dict) -> str:
+  parts = [f"{result.get('split', 'test')} -ELBO {result['neg_elbo_nats']:.2f} nats"]
+  if "nll_nats" in result:
+    parts.append(f"NLL {result['nll_nats']:.2f} ± {result['nll_stderr']:.2f} nats "
+                 f"(k = {result['num_importance_samples']}, {result['num_examples']} "
+                 f"examples, {result['seconds']:.0f} s)")
+  if "label_fidelity" in result:
+    parts.append(f"label fidelity {100 * result['label_fidelity']:.1f}% (classifier test "
+                 f"accuracy {100 * result['classifier_test_accuracy']:.2f}%)")
+  return "; ".join(parts)
+
+
+def main(argv):
+  """python -m vae_jax.evaluate --workdir=DIR: the NLL and -ELBO of a run -> DIR/eval.json."""
+  from vae_jax import classifier  # pylint: disable=g-import-not-at-top
+  from vae_jax import train  # pylint: disable=g-import-not-at-top  (train imports this module)
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  workdir = flags.FLAGS.workdir
+  try:
+    if flags.FLAGS.num_importance_samples < 0:
+      raise ValueError(f"--num_importance_samples={flags.FLAGS.num_importance_samples} "
+                       "must be >= 0 (0: skip the NLL).")
+    run = train.load_run(workdir)
+    split = input_pipeline.load_splits(run.config.data)[flags.FLAGS.split]
+    if flags.FLAGS.num_examples:
+      split = input_pipeline.Split(split.images[:flags.FLAGS.num_examples],
+                                   None if split.labels is None
+                                   else split.labels[:flags.FLAGS.num_examples])
+    if split.num_examples == 0:
+      raise ValueError(f"The {flags.FLAGS.split} split of {run.config.data.name} is empty.")
+  except (ValueError, input_pipeline.DataError) as error:
+    sys.exit(str(error))
+  mesh = train.make_mesh()
+  replicated = NamedSharding(mesh, P())
+  result = evaluate_params(
+      run.model, train.replicate(run.params, mesh), run.config,
+      input_pipeline.to_device(split, replicated), mesh, run.keys["eval"],
+      num_importance_samples=flags.FLAGS.num_importance_samples)
+  result.update(split=flags.FLAGS.split, step=run.step)
+  if run.model.conditional and flags.FLAGS.label_fidelity_samples:
+    classifier_workdir = flags.FLAGS.classifier_workdir or os.path.join(
+        os.path.dirname(os.path.abspath(workdir)), f"classifier_{run.config.data.name}")
+    classify, classifier_params, accuracy = classifier.load_or_train(
+        run.config.data, classifier_workdir, run.model.num_classes)
+    per_class = np.asarray(label_fidelity(
+        run.model, run.params, classify, classifier_params,
+        jax.random.fold_in(run.keys["eval"], 2), likelihood=run.config.model.likelihood,
+        samples_per_class=flags.FLAGS.label_fidelity_samples))
+    result.update(label_fidelity=float(per_class.mean()),
+                  label_fidelity_per_class=per_class.tolist(),
+                  label_fidelity_samples_per_class=flags.FLAGS.label_fidelity_samples,
+                  classifier_test_accuracy=accuracy)
+  print(format_result(result))
+  path = os.path.join(workdir, "eval.json")
+  with open(path, "w") as f:
+    json.dump(result, f, indent=2)
+  print(f"Wrote {path}")
+
+if __name__ == "__main__":
+  flags.DEFINE_string("workdir", None, "A run's workdir (holds config.json, checkpoints/).")
+  flags.DEFINE_integer("num_importance_samples", 5000,
+                       "Samples k of q(z|x) per example (5000 is the literature's standard; "
+                       "0 skips the NLL).")
+  flags.DEFINE_enum("split", "test", ["test", "validation"], "Split to evaluate.")
+  flags.DEFINE_integer("num_examples", 0, "Evaluate the first N examples only (0: all).")
+  flags.DEFINE_integer("label_fidelity_samples", 1000,
+                       "Conditional models: samples per class scored by the classifier.")
+  flags.DEFINE_string("classifier_workdir", "",
+                      "Where the label classifier is cached; default: classifier_<dataset> "
+                      "beside --workdir.")
+  flags.mark_flags_as_required(["workdir"])
+  app.run(main)

@@ -8,7 +8,6 @@ every figure that applies to the model under workdir/figures/ (and to TensorBoar
 (samples_label<label>.png), else prior_samples.png.
 """
 
-import os
 import sys
 
 from absl import app
@@ -17,10 +16,7 @@ from absl import logging
 from clu import metric_writers
 import jax
 
-from vae_jax import checkpoint
-from vae_jax import config_schema
 from vae_jax import input_pipeline
-from vae_jax import models
 from vae_jax import train
 from vae_jax import visualize
 
@@ -36,12 +32,8 @@ flags.mark_flags_as_required(["workdir"])
 def make_run_figures(workdir: str, *, label: int | None, num: int,
                      all_figures: bool = True) -> list[str]:
   """Writes the figures; returns their paths. Raises ValueError on a bad request."""
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    raise ValueError(f"{config_path} does not exist: --workdir must be a directory that "
-                     "python -m vae_jax.main trained in.")
-  config = config_schema.load_json(config_path)
-  model = models.get_model(config.model)
+  run = train.load_run(workdir)
+  config, model, params, step = run.config, run.model, run.params, run.step
   if label is not None and not model.conditional:
     raise ValueError(f"--label={label} needs a conditional model; the run in {workdir} has "
                      "config.model.conditional=False. Drop --label.")
@@ -50,24 +42,13 @@ def make_run_figures(workdir: str, *, label: int | None, num: int,
   if num <= 0:
     raise ValueError(f"--num={num} must be positive.")
 
-  keys = train.run_keys(config.seed)
-  checkpointer = checkpoint.Checkpointer(workdir, config.checkpoints_to_keep)
-  step = checkpointer.latest_step()
-  if step is None:
-    raise ValueError(f"No checkpoint under {checkpointer.directory}: train first with "
-                     f"python -m vae_jax.main --config=... --workdir={workdir}")
-  # Restored onto one device: figures need no data parallelism.
-  state = checkpointer.restore_or(train.create_train_state(model, config, keys["init"]))
-  checkpointer.close()
-  logging.info("Restored step %d from %s.", step, checkpointer.directory)
-
   named_figures = {}
   if all_figures:
     test_split = input_pipeline.load_splits(config.data)["test"]
-    named_figures = visualize.make_figures(model, state.params, config, test_split,
-                                           keys["figures"],
+    named_figures = visualize.make_figures(model, params, config, test_split,
+                                           run.keys["figures"],
                                            history=train.read_history(workdir, step))
-  name, figure = visualize.sample_figure(model, state.params, config, keys["figures"],
+  name, figure = visualize.sample_figure(model, params, config, run.keys["figures"],
                                          num=num, label=label)
   named_figures[name] = figure
   writer = metric_writers.create_default_writer(workdir,

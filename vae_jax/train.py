@@ -6,9 +6,11 @@ fold_in(that, i), so a run gives the same numbers on 1 or N devices and when res
 This loop is the only place that logs, writes files or checkpoints (on process 0).
 """
 
+import dataclasses
 import json
 import os
 import time
+from typing import Any
 
 from absl import logging
 from clu import metric_writers
@@ -56,14 +58,68 @@ def run_keys(seed: int) -> dict[str, jax.Array]:
           "figures": jax.random.fold_in(rng_eval, 1)}
 
 
-def create_train_state(model: nn.Module, config, rng_init: jax.Array) -> train_state.TrainState:
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A trained run read back from its workdir: config, model, latest parameters, keys."""
+  config: ml_collections.ConfigDict
+  model: nn.Module
+  params: Any
+  step: int
+  keys: dict
+
+
+def load_run(workdir: str) -> Run:
+  """Rebuilds the model from workdir/config.json and restores its latest checkpoint.
+
+  Raises ValueError saying what to do when the workdir has no config or no checkpoint.
+  """
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    raise ValueError(f"{config_path} does not exist: --workdir must be a directory that "
+                     "python -m vae_jax.main trained in.")
+  config = config_schema.load_json(config_path)
+  model = models.get_model(config.model)
+  keys = run_keys(config.seed)
+  checkpointer = checkpoint.Checkpointer(workdir, config.checkpoints_to_keep)
+  step = checkpointer.latest_step()
+  if step is None:
+    raise ValueError(f"No checkpoint under {checkpointer.directory}: train first with "
+                     f"python -m vae_jax.main --config=... --workdir={workdir}")
+  # Restored onto one device; callers replicate it if they want data parallelism.
+  state = checkpointer.restore_or(create_train_state(model, config, keys["init"]))
+  checkpointer.close()
+  logging.info("Restored step %d from %s.", step, checkpointer.directory)
+  return Run(config=config, model=model, params=state.params, step=step, keys=keys)
+
+
+def learning_rate_schedule(config, steps_per_epoch: int):
+  """config.train.learning_rate, constant or as Burda et al. 2015's schedule.
+
+  'iwae': stage i = 0, 1, ... lasts 3^i epochs at learning_rate * 10^(-i/7); after the
+  last of `train.schedule_stages` stages the rate stays at that stage's value.
+  """
+  base = config.train.learning_rate
+  if config.train.learning_rate_schedule == "constant":
+    return base
+  stages = config.train.schedule_stages
+  boundaries, epochs = {}, 0
+  for stage in range(1, stages):
+    epochs += 3 ** (stage - 1)
+    boundaries[epochs * steps_per_epoch] = 10.0 ** (-1.0 / 7.0)  # Multiplies the rate.
+  return optax.piecewise_constant_schedule(base, boundaries)
+
+
+def create_train_state(model: nn.Module, config, rng_init: jax.Array,
+                       steps_per_epoch: int = 1) -> train_state.TrainState:
   """Initializes parameters (from one example's shapes) and Adam."""
   variables = model.init(rng_init, jnp.zeros(models.IMAGE_SHAPE, jnp.float32),
                          jnp.zeros((config.model.latent_dim,), jnp.float32),
                          jnp.zeros((), jnp.int32))
-  state = train_state.TrainState.create(
-      apply_fn=model.apply, params=variables["params"],
-      tx=optax.adam(config.train.learning_rate))
+  optimizer = optax.adam(learning_rate_schedule(config, steps_per_epoch),
+                         b1=config.train.adam_b1, b2=config.train.adam_b2,
+                         eps=config.train.adam_eps)
+  state = train_state.TrainState.create(apply_fn=model.apply, params=variables["params"],
+                                        tx=optimizer)
   # A strongly typed step, like the one the train step returns, so step 2 does not retrace.
   return state.replace(step=jnp.zeros((), jnp.int32))
 
@@ -196,7 +252,8 @@ def write_figures(workdir: str, writer, step: int, named_figures: dict, *,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains and evaluates a VAE as `config` says, writing everything under `workdir`.
 
-  Returns the final epoch's metrics (train and test -ELBO parts, in nats per example).
+  Returns the final epoch's metrics (train and test -ELBO parts, in nats per example), and
+  the test NLL when config.eval.num_importance_samples > 0 (also written to eval.json).
   """
   config_schema.validate(config)
   is_writer = jax.process_index() == 0
@@ -228,7 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   num_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
 
   model = models.get_model(config.model)
-  state = replicate(create_train_state(model, config, rng_init), mesh)
+  state = replicate(create_train_state(model, config, rng_init, steps_per_epoch), mesh)
   checkpointer = checkpoint.Checkpointer(workdir, config.checkpoints_to_keep)
   state = checkpointer.restore_or(state)
   start_step = int(state.step)
@@ -307,13 +364,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                       save_png=False)
       interval_start_time = time.time()  # Steps/s should not count evaluation time.
 
+  summary = dict(history[-1]) if history else {}
+  if config.eval.num_importance_samples and "test" in eval_data:
+    result = evaluate.evaluate_params(
+        model, state.params, config, eval_data["test"], mesh, rng_eval,
+        num_importance_samples=config.eval.num_importance_samples)
+    result.update(split="test", step=num_steps)
+    logging.info("%s", evaluate.format_result(result))
+    writer.write_scalars(num_steps, {"test_nll": result["nll_nats"]})
+    summary.update(test_nll_nats=result["nll_nats"], test_nll_stderr=result["nll_stderr"])
+    if is_writer:
+      with open(os.path.join(workdir, "eval.json"), "w") as f:
+        json.dump(result, f, indent=2)
+
   if is_writer:
     paths = write_figures(workdir, writer, num_steps, visualize.make_figures(
         model, state.params, config, splits["test"], rng_figures, history=history))
     logging.info("Wrote %d figures to %s.", len(paths), os.path.dirname(paths[0]))
   writer.flush()
   checkpointer.close()
-  return history[-1] if history else {}
+  return summary
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -1,0 +1,69 @@
+"""Burda et al. 2015 (IWAE), one stochastic layer, on dynamically binarized MNIST.
+
+784-200-200-50 tanh encoder (the paper's 1-layer architecture), mirrored decoder with
+Bernoulli logits; dynamically binarized MNIST with all 60000 training images (no
+validation split, as the paper); Adam (0.9, 0.999, eps 1e-4), batch 20; the paper's
+schedule: 3^i epochs at learning rate 0.001 * 10^(-i/7) for i = 0..7 (3280 epochs); the
+test NLL with k = 5000 importance samples at the end.
+
+Choose the variant by arg, comma-separated:
+  objective=vae|iwae   the ELBO averaged over k samples, or the IWAE bound with k samples
+  k=N                  samples per example in training (default 1)
+  layers=1             stochastic layers (the 2-layer model is not implemented yet)
+  short                the schedule's first 3 stages only (1 + 3 + 9 = 13 epochs), a CPU
+                       budget of about half an hour for IWAE k = 50
+
+    python -m vae_jax.main --config=configs/iwae.py:objective=iwae,k=50 --workdir=runs/iwae_k50
+    python -m vae_jax.main --config=configs/iwae.py:objective=vae,k=1,short --workdir=runs/vae_short
+"""
+
+from vae_jax import config_schema
+
+_FULL_STAGES, _SHORT_STAGES = 8, 3
+
+
+def _parse(arg):
+  options = {"objective": "vae", "k": "1", "layers": "1", "short": False}
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in options:
+      raise ValueError(f"Unknown option {key!r} in configs/iwae.py:{arg}; known: "
+                       f"{', '.join(options)}.")
+    options[key] = value if value else True
+  if options["objective"] not in ("vae", "iwae"):
+    raise ValueError(f"configs/iwae.py: objective={options['objective']!r} is not one of "
+                     "'vae', 'iwae'.")
+  if options["layers"] != "1":
+    raise ValueError(f"configs/iwae.py: layers={options['layers']} is not implemented yet "
+                     "(only layers=1).")
+  return options
+
+
+def get_config(arg=None):
+  options = _parse(arg)
+  config = config_schema.default_config()
+  config.data.name = "mnist"
+  config.data.binarization = "dynamic"
+  config.data.validation_size = 0
+
+  config.model.name = "mlp"
+  config.model.hidden_dims = (200, 200)
+  config.model.latent_dim = 50
+  config.model.activation = "tanh"
+  config.model.likelihood = "bernoulli"
+
+  config.loss.objective = "elbo" if options["objective"] == "vae" else "iwae"
+  config.loss.num_samples = int(options["k"])
+
+  config.train.batch_size = 20
+  config.train.learning_rate = 1e-3
+  config.train.learning_rate_schedule = "iwae"
+  stages = _SHORT_STAGES if options["short"] else _FULL_STAGES
+  config.train.schedule_stages = stages
+  config.train.num_epochs = sum(3 ** i for i in range(stages))
+  config.train.adam_eps = 1e-4
+  config.train.log_every_steps = 1000
+
+  config.eval.num_importance_samples = 5000
+  config.figures.every_epochs = 0 if options["short"] else 100
+  return config

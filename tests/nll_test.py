@@ -1,0 +1,201 @@
+"""The importance-sampled log-likelihood and the IWAE bound, against closed forms."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT, tiny_config
+from vae_jax import evaluate
+from vae_jax import losses
+from vae_jax import models
+from vae_jax import train
+
+_DATA_DIM, _LATENT_DIM, _NOISE_VARIANCE = 6, 3, 0.3
+
+
+class _LinearEncoder(nn.Module):
+  """q(z|x) = N(A x + c, diag(exp(logvar))), parameters set by the test."""
+  latent_dim: int = _LATENT_DIM
+
+  @nn.compact
+  def __call__(self, image, condition=None, train=False):
+    x = image.reshape(image.shape[:-3] + (-1,))
+    a = self.param("a", nn.initializers.zeros, (_DATA_DIM, _LATENT_DIM))
+    c = self.param("c", nn.initializers.zeros, (_LATENT_DIM,))
+    logvar = self.param("logvar", nn.initializers.zeros, (_LATENT_DIM,))
+    return x @ a + c, jnp.broadcast_to(logvar, x.shape[:-1] + (_LATENT_DIM,))
+
+
+class _LinearDecoder(nn.Module):
+  """p(x|z) mean W z + b, as a (D, 1, 1) 'image'."""
+
+  @nn.compact
+  def __call__(self, z, train=False):
+    w = self.param("w", nn.initializers.zeros, (_LATENT_DIM, _DATA_DIM))
+    b = self.param("b", nn.initializers.zeros, (_DATA_DIM,))
+    return (z @ w + b).reshape(z.shape[:-1] + (_DATA_DIM, 1, 1))
+
+
+def _linear_gaussian_model():
+  """p(z) = N(0, I), p(x|z) = N(Wz + b, s2 I), W with orthogonal columns, and its exact q.
+
+  Orthogonal columns make the exact posterior's covariance (I + W^T W / s2)^-1 diagonal,
+  so the model's diagonal Gaussian q can represent it.
+  """
+  rng = np.random.default_rng(0)
+  q, _ = np.linalg.qr(rng.normal(size=(_DATA_DIM, _LATENT_DIM)))
+  w = (q * np.array([2.0, 1.0, 0.5])).T  # (latent, data); W^T W = diag(4, 1, 0.25).
+  b = rng.normal(size=_DATA_DIM)
+  posterior_cov = np.linalg.inv(np.eye(_LATENT_DIM) + w @ w.T / _NOISE_VARIANCE)
+  a = (posterior_cov @ w / _NOISE_VARIANCE).T  # mean = A^T-applied: x @ a.
+  params = {
+      "encoder": {"a": a, "c": -b @ a, "logvar": np.log(np.diag(posterior_cov))},
+      "decoder": {"w": w, "b": b},
+  }
+  model = models.VAE(encoder=_LinearEncoder(), decoder=_LinearDecoder(),
+                     head=models.GaussianHead(variance="fixed",
+                                              fixed_variance=_NOISE_VARIANCE))
+  marginal_cov = w.T @ w + _NOISE_VARIANCE * np.eye(_DATA_DIM)
+  return model, jax.tree.map(jnp.asarray, params), b, marginal_cov
+
+
+def _log_marginal(x, b, cov):
+  diff = x - b
+  _, logdet = np.linalg.slogdet(cov)
+  return -0.5 * (diff @ np.linalg.solve(cov, diff) + logdet + _DATA_DIM * np.log(2 * np.pi))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _estimates(model, params, xs, num_samples, chunk_size):
+  """The estimator for each row of xs, example i with key(i)."""
+  keys = jax.vmap(jax.random.key)(jnp.arange(xs.shape[0]))
+  return jax.vmap(lambda x, key: evaluate.importance_sampled_log_likelihood(
+      model, params, x.reshape(_DATA_DIM, 1, 1), None, key, likelihood="gaussian",
+      num_samples=num_samples, chunk_size=chunk_size))(jnp.asarray(xs, jnp.float32), keys)
+
+
+def _samples_from_the_model(b, cov, count):
+  return np.random.default_rng(1).multivariate_normal(b, cov, size=count)
+
+
+@pytest.mark.parametrize("num_samples", [1, 7, 100])
+def test_exact_posterior_gives_the_exact_log_likelihood_for_any_k(num_samples):
+  model, params, b, cov = _linear_gaussian_model()
+  xs = _samples_from_the_model(b, cov, 5)
+  estimates = _estimates(model, params, xs, num_samples, num_samples)
+  # Every importance weight equals p(x); float32 round-off only.
+  np.testing.assert_allclose(estimates, [_log_marginal(x, b, cov) for x in xs], rtol=0,
+                             atol=2e-4)
+
+
+def test_poorer_posterior_approaches_the_log_likelihood_from_below_as_k_grows():
+  model, params, b, cov = _linear_gaussian_model()
+  # A worse q: a shifted mean and twice the variance.
+  params["encoder"]["c"] = params["encoder"]["c"] + 0.3
+  params["encoder"]["logvar"] = params["encoder"]["logvar"] + np.log(2.0)
+  xs = _samples_from_the_model(b, cov, 200)
+  exact = np.mean([_log_marginal(x, b, cov) for x in xs])
+  gaps = {k: exact - float(jnp.mean(_estimates(model, params, xs, k, min(k, 100))))
+          for k in (1, 10, 100, 1000)}
+  # Jensen: E[log mean w] <= log p(x), and the gap shrinks with k (Burda et al. Thm 1).
+  assert gaps[1] > gaps[10] > gaps[100] > gaps[1000] > 0, gaps
+  assert gaps[1] > 0.3 and gaps[1000] < 0.02, gaps
+
+
+def test_logmeanexp_is_exact_and_finite_near_minus_1e4_and_for_one_value():
+  values = jnp.asarray([-10000.0, -10001.0, -10002.5], jnp.float32)
+  expected = -10000.0 + np.log(np.mean(np.exp([0.0, -1.0, -2.5])))
+  np.testing.assert_allclose(float(losses.logmeanexp(values)), expected, rtol=0, atol=1e-3)
+  assert np.isfinite(float(losses.logmeanexp(jnp.full((5000,), -1e4))))
+  np.testing.assert_allclose(float(losses.logmeanexp(jnp.full((5000,), -1e4))), -1e4,
+                             rtol=1e-6)
+  assert float(losses.logmeanexp(jnp.asarray([-1234.5]))) == -1234.5
+
+
+def test_chunked_estimate_equals_the_unchunked_one():
+  config = tiny_config()
+  model = models.get_model(config.model)
+  params = train.create_train_state(model, config, jax.random.key(0)).params
+  image = jax.random.uniform(jax.random.key(1), (28, 28, 1))
+  values = [float(evaluate.importance_sampled_log_likelihood(
+      model, params, image, None, jax.random.key(2), likelihood="bernoulli",
+      num_samples=300, chunk_size=chunk)) for chunk in (300, 64, 7, 1)]
+  np.testing.assert_allclose(values, values[0], rtol=1e-6)
+
+
+def test_elbo_below_iwae_k_below_iwae_k_prime_for_a_trained_model(tmp_path):
+  """On average over a batch: ELBO <= IWAE_5 <= IWAE_50 (Burda et al. 2015, Theorem 1)."""
+  config = tiny_config()
+  config.train.num_steps = 300
+  config.train.batch_size = 50
+  model = models.get_model(config.model)
+  mesh = train.make_mesh(jax.devices()[:1])
+  state = train.replicate(train.create_train_state(model, config, jax.random.key(0)), mesh)
+  step = train.make_train_step(model, config, mesh)
+  rng = np.random.default_rng(0)
+  # A small synthetic dataset: 3 blurred prototypes with noise, in uint8.
+  prototypes = rng.uniform(size=(3, 28, 28, 1)) > 0.7
+  images = np.clip(prototypes[rng.integers(0, 3, 500)] * 200
+                   + rng.normal(scale=30, size=(500, 28, 28, 1)), 0, 255).astype(np.uint8)
+  for i in range(config.train.num_steps):
+    batch = images[rng.integers(0, 500, config.train.batch_size)]
+    state, _ = step(state, {"image": jnp.asarray(batch), "label": jnp.zeros(50, jnp.int32)},
+                    jax.random.key(1))
+  test_images = jnp.asarray(images[:100], jnp.float32) / 255.0
+
+  def bound(k):
+    def one(image, key):
+      log_w = losses.log_importance_weights(
+          model, {"params": state.params}, image, None,
+          jax.random.normal(key, (k, config.model.latent_dim)), likelihood="bernoulli")
+      return losses.logmeanexp(log_w)
+    keys = jax.random.split(jax.random.key(3), 100)
+    return float(jnp.mean(jax.vmap(one)(test_images, keys)))
+
+  elbo = float(jnp.mean(jax.vmap(lambda image, key: -losses.elbo_terms(
+      model, {"params": state.params}, image, None, key, likelihood="bernoulli",
+      num_samples=50)["neg_elbo"])(test_images, jax.random.split(jax.random.key(4), 100))))
+  iwae_5, iwae_50 = bound(5), bound(50)
+  assert elbo < iwae_5 < iwae_50, (elbo, iwae_5, iwae_50)
+
+
+_DEVICE_SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+from tests.conftest import tiny_config
+from vae_jax import evaluate, models, train
+config = tiny_config()
+config.eval.nll_batch_size = 8
+config.eval.importance_chunk_size = 40
+model = models.get_model(config.model)
+params = train.create_train_state(model, config, jax.random.key(0)).params
+images = np.random.default_rng(0).integers(0, 256, (21, 28, 28, 1)).astype(np.uint8)
+dataset = {"image": jax.numpy.asarray(images), "label": jax.numpy.zeros(21, "int32")}
+mesh = train.make_mesh()
+result = evaluate.make_nll_evaluator(model, config, mesh, num_importance_samples=100)(
+    train.replicate(params, mesh), train.replicate(dataset, mesh), jax.random.key(5))
+print(json.dumps({"devices": jax.device_count(), "nll": result["per_example_nll"].tolist()}))
+"""
+
+
+def test_nll_does_not_depend_on_the_number_of_devices():
+  outputs = []
+  for count in (1, 8):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}",
+               JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", _DEVICE_SCRIPT], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+  assert [o["devices"] for o in outputs] == [1, 8]
+  # 21 examples: 3 batches of 8 (the last padded), 8 devices each holding one example.
+  np.testing.assert_allclose(outputs[1]["nll"], outputs[0]["nll"], rtol=1e-5)
+  assert len(outputs[0]["nll"]) == 21
