@@ -4,11 +4,24 @@ Orbax writes each step to a temporary folder and renames it when complete, so a 
 mid-save never leaves a half-written checkpoint under a step's name.
 """
 
+import logging as python_logging
 import os
 
 from absl import logging
 import jax
 import orbax.checkpoint as ocp
+
+
+class _QuietOrbax(python_logging.Filter):
+  """Drops orbax's INFO chatter (dozens of lines per save); keeps its warnings."""
+
+  def filter(self, record):
+    return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_orbax_logging() -> None:
+  """For command lines: orbax's INFO lines would bury the run's own log."""
+  logging.get_absl_handler().addFilter(_QuietOrbax())
 
 
 class Checkpointer:

@@ -12,7 +12,6 @@ import time
 
 from absl import app
 from absl import flags
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -311,11 +310,13 @@ def format_result(result: dict) -> str:
 
 def main(argv):
   """python -m vae_jax.evaluate --workdir=DIR: the NLL and -ELBO of a run -> DIR/eval.json."""
+  from vae_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from vae_jax import classifier  # pylint: disable=g-import-not-at-top
   from vae_jax import train  # pylint: disable=g-import-not-at-top  (train imports this module)
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   workdir = flags.FLAGS.workdir
+  checkpoint.quiet_orbax_logging()
   try:
     if flags.FLAGS.num_importance_samples < 0:
       raise ValueError(f"--num_importance_samples={flags.FLAGS.num_importance_samples} "

@@ -9,8 +9,6 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import input_pipeline
-from vae_jax.models import reparameterize
-
 
 
 def _flat(image_like: jax.Array) -> jax.Array:

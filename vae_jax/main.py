@@ -4,7 +4,6 @@ Any config value can be overridden on the command line, e.g.
 --config.model.latent_dim=32 --config.train.num_epochs=5; unknown keys are refused.
 """
 
-import logging as python_logging
 import sys
 
 from absl import app
@@ -13,6 +12,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from vae_jax import checkpoint
 from vae_jax import config_schema
 from vae_jax import train
 
@@ -21,13 +21,6 @@ config_flags.DEFINE_config_file(
     "config", None, "Training configuration file, e.g. configs/mlp.py.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-class _QuietOrbax(python_logging.Filter):
-  """Drops orbax's INFO chatter (dozens of lines per save); keeps its warnings."""
-
-  def filter(self, record):
-    return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
 
 
 def _parse_flags(argv):
@@ -47,7 +40,7 @@ def main(argv):
     config_schema.validate(FLAGS.config)  # Before any data loading or compilation.
   except ValueError as error:
     sys.exit(str(error))
-  logging.get_absl_handler().addFilter(_QuietOrbax())
+  checkpoint.quiet_orbax_logging()
   logging.info("JAX devices: %s", jax.devices())
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 

@@ -12,10 +12,10 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from clu import metric_writers
 import jax
 
+from vae_jax import checkpoint
 from vae_jax import input_pipeline
 from vae_jax import train
 from vae_jax import visualize
@@ -61,6 +61,7 @@ def make_run_figures(workdir: str, *, label: int | None, num: int,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  checkpoint.quiet_orbax_logging()
   try:
     paths = make_run_figures(FLAGS.workdir, label=FLAGS.label, num=FLAGS.num,
                              all_figures=FLAGS.all_figures)
