@@ -89,11 +89,11 @@ def make_figures(model, params, config, test_split: input_pipeline.Split, rng, *
 
   pairs = min(fig_config.num_interpolations, test_split.num_examples // 2)
   if pairs:
+    pair_labels = _labels(test_split, 2 * pairs)
     starts, ends, paths = evaluate.interpolate(
         model, params, jnp.asarray(test_split.images[:pairs]),
         jnp.asarray(test_split.images[pairs:2 * pairs]),
-        jnp.asarray(_labels(test_split, 2 * pairs)[:pairs]),
-        jnp.asarray(_labels(test_split, 2 * pairs)[pairs:]),
+        jnp.asarray(pair_labels[:pairs]), jnp.asarray(pair_labels[pairs:]),
         jax.random.fold_in(rng, _INTERPOLATION), likelihood=likelihood,
         binarization=binarization, num_steps=fig_config.interpolation_steps)
     result["interpolations"] = figures.interpolations(
@@ -127,6 +127,7 @@ def _posterior_means(model, params, config, split, rng) -> np.ndarray:
   """Posterior means of the first num_scatter_points images, in eval-sized chunks."""
   num = min(config.figures.num_scatter_points, split.num_examples)
   chunk = config.eval.batch_size
+  labels = _labels(split, split.num_examples)
   means = []
   for start in range(0, num, chunk):
     stop = min(start + chunk, num)
@@ -134,7 +135,7 @@ def _posterior_means(model, params, config, split, rng) -> np.ndarray:
     indices = np.minimum(np.arange(start, start + chunk), split.num_examples - 1)
     batch_means = evaluate.posterior_means(
         model, params, jnp.asarray(split.images[indices]),
-        jnp.asarray(_labels(split, split.num_examples)[indices]),
+        jnp.asarray(labels[indices]),
         jax.random.fold_in(rng, start), binarization=config.data.binarization)
     means.append(np.asarray(batch_means)[:stop - start])
   return np.concatenate(means)
