@@ -53,8 +53,9 @@ def test_output_shapes_and_batched_equals_per_example(name, conditional, likelih
   # A sample axis in front of z (num_samples > 1 in the ELBO) also decodes.
   eps = jax.random.normal(jax.random.key(2), (5, 3))
   one = model.apply(variables, images[0], eps, labels[0])
-  assert one[2].shape == (5, 3)
-  assert next(iter(one[3].values())).shape[0] == 5
+  assert one["log_prior"].shape == one["log_posterior"].shape == (5,)
+  assert one["kl"].shape == ()
+  assert next(iter(one["decoded"].values())).shape[0] == 5
   # The batch is independent examples: batched == vmapped per example, to 1e-5.
   per_example = jax.vmap(lambda x, y: model.apply(variables, x, y, method=model.encode)[0])(
       images, labels)

@@ -155,7 +155,7 @@ def test_elbo_below_iwae_k_below_iwae_k_prime_for_a_trained_model(tmp_path):
     def one(image, key):
       log_w = losses.log_importance_weights(
           model, {"params": state.params}, image, None,
-          jax.random.normal(key, (k, config.model.latent_dim)), likelihood="bernoulli")
+          jax.random.normal(key, (k, model.noise_dim)), likelihood="bernoulli")
       return losses.logmeanexp(log_w)
     keys = jax.random.split(jax.random.key(3), 100)
     return float(jnp.mean(jax.vmap(one)(test_images, keys)))

@@ -23,21 +23,29 @@ _HISTORY = [{"epoch": e, "step": 10 * e, "train_neg_elbo": 200.0 - e, "train_kl"
              "test_kl": 5.0, "test_reconstruction": 196.0 - e} for e in (1, 2)]
 
 
-@pytest.mark.parametrize("name, conditional, latent_dim, expected", [
-    ("mlp", False, 2, {"reconstructions", "prior_samples", "latent_manifold",
-                       "latent_scatter", "interpolations", "denoising", "denoising_error",
-                       "training_curves"}),
-    ("mlp", True, 2, {"reconstructions", "class_grid", "latent_manifold", "latent_scatter",
-                      "interpolations", "denoising", "denoising_error", "training_curves"}),
-    ("conv", True, 3, {"reconstructions", "class_grid", "interpolations", "denoising",
-                       "denoising_error", "training_curves"}),
+@pytest.mark.parametrize("name, conditional, latent_dim, layers, expected", [
+    ("mlp", False, 2, 1, {"reconstructions", "prior_samples", "latent_manifold",
+                          "latent_scatter", "interpolations", "denoising", "denoising_error",
+                          "training_curves"}),
+    ("mlp", True, 2, 1, {"reconstructions", "class_grid", "latent_manifold", "latent_scatter",
+                         "interpolations", "denoising", "denoising_error", "training_curves"}),
+    # Two stochastic layers: figures live in z2's space (here 2-D).
+    ("mlp", True, 2, 2, {"reconstructions", "class_grid", "latent_manifold", "latent_scatter",
+                         "interpolations", "denoising", "denoising_error", "training_curves"}),
+    ("conv", True, 3, 1, {"reconstructions", "class_grid", "interpolations", "denoising",
+                          "denoising_error", "training_curves"}),
 ])
 def test_every_figure_is_written_as_a_non_empty_png(tmp_path, name, conditional, latent_dim,
-                                                     expected):
+                                                     layers, expected):
   config = tiny_config()
   config.model.name = name
   config.model.conditional = conditional
   config.model.latent_dim = latent_dim
+  if layers == 2:
+    config.model.stochastic_layers = 2
+    config.model.latent_dim = 5  # z1
+    config.model.top_layer.hidden_dims = (8,)
+    config.model.top_layer.latent_dim = latent_dim
   config.model.conv.encoder_features = (4, 4, 4)
   config.model.conv.decoder_features = (4, 4, 4)
   model = models.get_model(config.model)

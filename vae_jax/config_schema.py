@@ -16,6 +16,7 @@ ALLOWED_VALUES = {
     "data.name": ("mnist", "fashion_mnist", "binarized_mnist"),
     "data.binarization": ("none", "dynamic", "static"),
     "model.name": ("mlp", "conv"),
+    "model.stochastic_layers": (1, 2),
     "model.activation": tuple(models.ACTIVATIONS),
     "model.kernel_init": tuple(models.KERNEL_INITS),
     "model.conv.decoder_conv_activation": tuple(models.ACTIVATIONS),
@@ -62,6 +63,12 @@ def default_config() -> ml_collections.ConfigDict:
   config.model.dropout_rate = 0.0  # After each hidden layer; training only.
   # model.name='mlp': hidden widths of the encoder, mirrored in the decoder.
   config.model.hidden_dims = (512, 256)
+  # 1: z only. 2: Burda et al.'s hierarchy x -> z1 -> z2 (model.name='mlp' only), where
+  # latent_dim and hidden_dims are z1's and top_layer gives z2 and the layers around it.
+  config.model.stochastic_layers = 1
+  config.model.top_layer = ml_collections.ConfigDict()
+  config.model.top_layer.hidden_dims = (100, 100)  # q(z2|z1); mirrored in p(z1|z2).
+  config.model.top_layer.latent_dim = 50
   # model.name='conv': seeds 001/002's layers.
   config.model.conv = ml_collections.ConfigDict()
   config.model.conv.kernel_size = 4
@@ -181,7 +188,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(is_int_tuple(value), f"config.{key}={value!r} must be a non-empty tuple of "
             f"positive integers, e.g. --config.{key}='(512, 256)'.")
 
-  positive_ints = ("model.latent_dim", "model.num_classes", "model.conv.kernel_size",
+  positive_ints = ("model.latent_dim", "model.top_layer.latent_dim", "model.num_classes", "model.conv.kernel_size",
                    "model.conv.decoder_initial_side", "loss.num_samples", "train.batch_size",
                    "train.log_every_steps", "eval.batch_size", "eval.nll_batch_size",
                    "eval.importance_chunk_size", "checkpoints_to_keep", "train.schedule_stages",
@@ -221,6 +228,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"config.figures.denoising_noise_stds={noise_stds!r} must be a tuple of "
           "non-negative numbers.")
   require_int_tuple("model.hidden_dims")
+  require_int_tuple("model.top_layer.hidden_dims")
+  require(config.model.stochastic_layers == 1 or config.model.name == "mlp",
+          f"config.model.stochastic_layers={config.model.stochastic_layers!r} needs "
+          f"config.model.name='mlp', not {config.model.name!r} (the two-layer model is an "
+          "MLP, as in Burda et al. 2015).")
   conv = config.model.conv
   for key in ("encoder_features", "encoder_strides", "decoder_dense_dims",
               "decoder_features", "decoder_strides"):

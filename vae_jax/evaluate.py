@@ -71,7 +71,7 @@ def importance_sampled_log_likelihood(model: nn.Module, params, image: jax.Array
   def chunk_logsumexp(chunk):
     indices = chunk * chunk_size + jnp.arange(chunk_size)
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, indices)
-    eps = jax.vmap(lambda key: jax.random.normal(key, (model.latent_dim,)))(keys)
+    eps = jax.vmap(lambda key: jax.random.normal(key, (model.noise_dim,)))(keys)
     log_weights = losses.log_importance_weights(model, {"params": params}, image, label,
                                                 eps, likelihood=likelihood)
     # Samples past num_samples (the last chunk's padding) get weight 0.

@@ -54,6 +54,18 @@ def standard_normal_log_density(z: jax.Array) -> jax.Array:
   return -0.5 * jnp.sum(jnp.square(z) + jnp.log(2.0 * jnp.pi), axis=-1)
 
 
+def diagonal_gaussian_log_density(z: jax.Array, mean: jax.Array,
+                                  logvar: jax.Array) -> jax.Array:
+  """log N(z; mean, exp(logvar)), summed over the last (latent) axis."""
+  return -0.5 * jnp.sum(jnp.square(z - mean) * jnp.exp(-logvar) + logvar
+                        + jnp.log(2.0 * jnp.pi), axis=-1)
+
+
+def reparameterized_log_density(eps: jax.Array, logvar: jax.Array) -> jax.Array:
+  """log N(z; mean, exp(logvar)) at z = mean + std * eps: (z - mean)^2 / var is eps^2."""
+  return -0.5 * jnp.sum(jnp.square(eps) + logvar + jnp.log(2.0 * jnp.pi), axis=-1)
+
+
 def gaussian_log_likelihood(image: jax.Array, mean: jax.Array,
                             logvar: jax.Array) -> jax.Array:
   """log N(image; mean, exp(logvar)), pixels independent, summed per image, constant included.
@@ -85,16 +97,20 @@ def elbo_terms(model: nn.Module, variables, image: jax.Array, label, rng: jax.Ar
   `label` is the example's class for a conditional model (ignored otherwise); `rng` draws
   the reparameterization noise; `dropout_rng` is needed when training a model with dropout.
   Returns scalars: `reconstruction` (-E_q log p(x|z), averaged over the samples), `kl`
-  (analytic), `neg_elbo` (their sum, the bound in nats) and `loss`, what is minimized:
-  reconstruction + kl_weight * kl for objective 'elbo'; for 'iwae' the negative IWAE
-  bound -logmeanexp_j log w_j over the samples, also returned as `neg_iwae_bound`.
+  (analytic when the model gives it, else the samples' mean of log q - log p), `neg_elbo`
+  (their sum, the bound in nats) and `loss`, what is minimized: reconstruction +
+  kl_weight * kl for objective 'elbo'; for 'iwae' the negative IWAE bound
+  -logmeanexp_j log w_j over the samples, also returned as `neg_iwae_bound`.
   """
-  eps = jax.random.normal(rng, (num_samples, model.latent_dim), image.dtype)
+  eps = jax.random.normal(rng, (num_samples, model.noise_dim), image.dtype)
   rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
-  mean, logvar, z, decoded = model.apply(variables, image, eps, label, train=train, rngs=rngs)
-  log_px_z = log_likelihood(likelihood, image, decoded)
+  outputs = model.apply(variables, image, eps, label, train=train, rngs=rngs)
+  log_px_z = log_likelihood(likelihood, image, outputs["decoded"])
   reconstruction = -jnp.mean(log_px_z)
-  kl = gaussian_kl(mean, logvar)
+  if "kl" in outputs:
+    kl = outputs["kl"]
+  else:
+    kl = jnp.mean(outputs["log_posterior"] - outputs["log_prior"])
   terms = {
       "loss": reconstruction + kl_weight * kl,
       "neg_elbo": reconstruction + kl,
@@ -102,15 +118,9 @@ def elbo_terms(model: nn.Module, variables, image: jax.Array, label, rng: jax.Ar
       "kl": kl,
   }
   if objective == "iwae":
-    log_weights = _log_weights(log_px_z, z, eps, logvar)
+    log_weights = log_px_z + outputs["log_prior"] - outputs["log_posterior"]
     terms["neg_iwae_bound"] = terms["loss"] = -logmeanexp(log_weights)
   return terms
-
-
-def _log_weights(log_px_z, z, eps, logvar):
-  """log p(x|z) + log p(z) - log q(z|x); log q from eps, as (z - mean)^2 / var = eps^2."""
-  log_q = -0.5 * jnp.sum(jnp.square(eps) + logvar + jnp.log(2.0 * jnp.pi), axis=-1)
-  return log_px_z + standard_normal_log_density(z) - log_q
 
 
 def log_importance_weights(model: nn.Module, variables, image: jax.Array, label,
@@ -118,12 +128,13 @@ def log_importance_weights(model: nn.Module, variables, image: jax.Array, label,
                            rngs: dict | None = None) -> jax.Array:
   """log w_j = log p(x|z_j) + log p(z_j) - log q(z_j|x) for ONE example, shape (k,).
 
-  z_j = mean + std * eps_j with eps (k, latent_dim). logmeanexp over j is the IWAE bound
-  (Burda et al. 2015) and, for large k, an estimate of log p(x); its mean is the ELBO.
+  z_j is the model's reparameterized sample from eps_j, eps (k, model.noise_dim).
+  logmeanexp over j is the IWAE bound (Burda et al. 2015) and, for large k, an estimate
+  of log p(x); its mean is the ELBO.
   """
-  _, logvar, z, decoded = model.apply(variables, image, eps, label, train=train,
-                                      rngs=rngs or {})
-  return _log_weights(log_likelihood(likelihood, image, decoded), z, eps, logvar)
+  outputs = model.apply(variables, image, eps, label, train=train, rngs=rngs or {})
+  return (log_likelihood(likelihood, image, outputs["decoded"]) + outputs["log_prior"]
+          - outputs["log_posterior"])
 
 
 def mean_image(likelihood: str, decoded: dict) -> jax.Array:

@@ -113,7 +113,7 @@ def create_train_state(model: nn.Module, config, rng_init: jax.Array,
                        steps_per_epoch: int = 1) -> train_state.TrainState:
   """Initializes parameters (from one example's shapes) and Adam."""
   variables = model.init(rng_init, jnp.zeros(models.IMAGE_SHAPE, jnp.float32),
-                         jnp.zeros((config.model.latent_dim,), jnp.float32),
+                         jnp.zeros((model.noise_dim,), jnp.float32),
                          jnp.zeros((), jnp.int32))
   optimizer = optax.adam(learning_rate_schedule(config, steps_per_epoch),
                          b1=config.train.adam_b1, b2=config.train.adam_b2,

@@ -6,6 +6,8 @@ import flax.linen as nn
 
 from vae_jax.models import conv
 from vae_jax.models import mlp
+from vae_jax.models import two_layer
+from vae_jax.models.two_layer import TwoLayerVAE
 from vae_jax.models.vae import VAE, BernoulliHead, GaussianHead, reparameterize
 
 IMAGE_SHAPE = (28, 28, 1)
@@ -43,7 +45,7 @@ def _head(model_config) -> nn.Module:
                       min_variance=model_config.gaussian_min_variance)
 
 
-def get_model(model_config) -> VAE:
+def get_model(model_config) -> VAE | two_layer.TwoLayerVAE:
   """A pure VAE module for `config.model` (read here, once, outside any jitted code)."""
   activation = _activation(model_config.activation, model_config.negative_slope)
   kernel_init = KERNEL_INITS[model_config.kernel_init](model_config.init_stddev)
@@ -69,9 +71,20 @@ def get_model(model_config) -> VAE:
   else:
     raise ValueError(f"Unknown config.model.name={model_config.name!r}.")
   num_classes = model_config.num_classes if model_config.conditional else 0
+  if model_config.stochastic_layers == 2:
+    top = model_config.top_layer
+    top_hidden_dims = tuple(top.hidden_dims)
+    return two_layer.TwoLayerVAE(
+        bottom_encoder=encoder,
+        top_encoder=mlp.GaussianMLP(top_hidden_dims, top.latent_dim, activation,
+                                    kernel_init, dropout_rate),
+        top_decoder=mlp.GaussianMLP(tuple(reversed(top_hidden_dims)),
+                                    model_config.latent_dim, activation, kernel_init,
+                                    dropout_rate),
+        decoder=decoder, head=_head(model_config), num_classes=num_classes)
   return VAE(encoder=encoder, decoder=decoder, head=_head(model_config),
              num_classes=num_classes)
 
 
-__all__ = ["VAE", "BernoulliHead", "GaussianHead", "get_model", "reparameterize",
+__all__ = ["VAE", "TwoLayerVAE", "BernoulliHead", "GaussianHead", "get_model", "reparameterize",
            "IMAGE_SHAPE"]

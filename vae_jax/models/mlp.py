@@ -5,11 +5,26 @@ from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+
+from vae_jax.models.vae import join_condition
 
 
-class MLPEncoder(nn.Module):
-  """Image [+ condition] -> hidden layers -> (mean, logvar) of q(z|x); batched or not."""
+def _gaussian_layers(hidden: jax.Array, module: nn.Module, train: bool):
+  """Hidden layers then (mean, logvar), built inside `module`'s compact __call__."""
+  for width in module.hidden_dims:
+    hidden = module.activation(nn.Dense(width, kernel_init=module.kernel_init)(hidden))
+    hidden = nn.Dropout(module.dropout_rate, deterministic=not train)(hidden)
+  mean = nn.Dense(module.latent_dim, kernel_init=module.kernel_init, name="mean")(hidden)
+  logvar = nn.Dense(module.latent_dim, kernel_init=module.kernel_init, name="logvar")(hidden)
+  return mean, logvar
+
+
+class GaussianMLP(nn.Module):
+  """Vector [+ condition] -> hidden layers -> (mean, logvar) of a diagonal Gaussian.
+
+  The stochastic layers between z1 and z2 of the two-layer model: q(z2|z1) and p(z1|z2);
+  with a flattened image as the input, MLPEncoder below.
+  """
   hidden_dims: Sequence[int]
   latent_dim: int
   activation: Callable[[jax.Array], jax.Array]
@@ -17,17 +32,20 @@ class MLPEncoder(nn.Module):
   dropout_rate: float = 0.0
 
   @nn.compact
+  def __call__(self, inputs: jax.Array, condition: jax.Array | None = None,
+               train: bool = False):
+    return _gaussian_layers(join_condition(inputs, condition), self, train)
+
+
+class MLPEncoder(GaussianMLP):
+  """Image [+ condition] -> hidden layers -> (mean, logvar) of q(z|x); batched or not."""
+
+  @nn.compact
   def __call__(self, image: jax.Array, condition: jax.Array | None = None,
                train: bool = False):
-    hidden = image.reshape(image.shape[:-3] + (-1,))
-    if condition is not None:  # Seed 003's CVAE: the one-hot joins the flattened pixels.
-      hidden = jnp.concatenate([hidden, condition.astype(hidden.dtype)], axis=-1)
-    for width in self.hidden_dims:
-      hidden = self.activation(nn.Dense(width, kernel_init=self.kernel_init)(hidden))
-      hidden = nn.Dropout(self.dropout_rate, deterministic=not train)(hidden)
-    mean = nn.Dense(self.latent_dim, kernel_init=self.kernel_init, name="mean")(hidden)
-    logvar = nn.Dense(self.latent_dim, kernel_init=self.kernel_init, name="logvar")(hidden)
-    return mean, logvar
+    # Seed 003's CVAE: the one-hot joins the flattened pixels.
+    hidden = join_condition(image.reshape(image.shape[:-3] + (-1,)), condition)
+    return _gaussian_layers(hidden, self, train)
 
 
 class MLPDecoder(nn.Module):

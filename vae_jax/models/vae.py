@@ -10,10 +10,33 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vae_jax import losses
+
 
 def reparameterize(mean: jax.Array, logvar: jax.Array, eps: jax.Array) -> jax.Array:
   """z = mean + std * eps, so gradients flow through mean and logvar, not the noise."""
   return mean + jnp.exp(0.5 * logvar) * eps
+
+
+def label_condition(label, num_classes: int) -> jax.Array | None:
+  """What a conditional model is fed: integer labels -> one-hot; a float array is taken
+  as a (soft) one-hot already. None for an unconditional model (num_classes == 0)."""
+  if not num_classes:
+    return None
+  if label is None:
+    raise ValueError("This VAE is conditional: pass the label.")
+  label = jnp.asarray(label)
+  if jnp.issubdtype(label.dtype, jnp.integer):
+    return jax.nn.one_hot(label, num_classes)
+  return label
+
+
+def join_condition(inputs: jax.Array, condition: jax.Array | None) -> jax.Array:
+  """inputs [+ the condition, broadcast over inputs' extra leading (sample) axes]."""
+  if condition is None:
+    return inputs
+  condition = jnp.broadcast_to(condition, inputs.shape[:-1] + condition.shape[-1:])
+  return jnp.concatenate([inputs, condition.astype(inputs.dtype)], axis=-1)
 
 
 class BernoulliHead(nn.Module):
@@ -73,18 +96,16 @@ class VAE(nn.Module):
 
   @property
   def latent_dim(self) -> int:
+    """Size of z, the prior's variable (what `decode` takes)."""
+    return self.encoder.latent_dim
+
+  @property
+  def noise_dim(self) -> int:
+    """Size of the standard-normal noise behind one posterior sample (`eps` below)."""
     return self.encoder.latent_dim
 
   def _condition(self, label) -> jax.Array | None:
-    """Integer labels -> one-hot; a float array is taken as a (soft) one-hot already."""
-    if not self.conditional:
-      return None
-    if label is None:
-      raise ValueError("This VAE is conditional: pass the label.")
-    label = jnp.asarray(label)
-    if jnp.issubdtype(label.dtype, jnp.integer):
-      return jax.nn.one_hot(label, self.num_classes)
-    return label
+    return label_condition(label, self.num_classes)
 
   def encode(self, image: jax.Array, label=None, train: bool = False):
     """(mean, logvar) of q(z|x[, y])."""
@@ -92,14 +113,21 @@ class VAE(nn.Module):
 
   def decode(self, z: jax.Array, label=None, train: bool = False) -> dict[str, jax.Array]:
     """The likelihood's parameters for p(x|z[, y]); z may have extra leading (sample) axes."""
-    condition = self._condition(label)
-    if condition is not None:
-      condition = jnp.broadcast_to(condition, z.shape[:-1] + condition.shape[-1:])
-      z = jnp.concatenate([z, condition.astype(z.dtype)], axis=-1)
+    z = join_condition(z, self._condition(label))
     return self.head(self.decoder(z, train=train))
 
   def __call__(self, image: jax.Array, eps: jax.Array, label=None, train: bool = False):
-    """Returns (mean, logvar, z, likelihood parameters); eps may carry a sample axis."""
+    """One example's samples z = mean + std * eps; eps (k, noise_dim) or (noise_dim,).
+
+    Returns a dict: `decoded` (the likelihood's parameters per sample), `log_prior`
+    log p(z) and `log_posterior` log q(z|x) per sample, and `kl`, the analytic
+    KL(q(z|x) || p(z)) (one number; the losses prefer it to a sampled estimate).
+    """
     mean, logvar = self.encode(image, label, train=train)
     z = reparameterize(mean, logvar, eps)
-    return mean, logvar, z, self.decode(z, label, train=train)
+    return {
+        "decoded": self.decode(z, label, train=train),
+        "log_prior": losses.standard_normal_log_density(z),
+        "log_posterior": losses.reparameterized_log_density(eps, logvar),
+        "kl": losses.gaussian_kl(mean, logvar),
+    }

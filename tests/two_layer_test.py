@@ -1,0 +1,192 @@
+"""The two-stochastic-layer VAE: exact log-likelihood on a linear-Gaussian hierarchy whose
+marginal is analytic, shapes of the paper's model, conditioning, and its shipped config."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.conftest import shipped_config, tiny_config
+from vae_jax import config_schema
+from vae_jax import evaluate
+from vae_jax import losses
+from vae_jax import models
+from vae_jax import train
+
+# x (4 pixels) <- z1 (2) <- z2 (1), all linear-Gaussian.
+_DATA_DIM, _Z1_DIM, _Z2_DIM = 4, 2, 1
+_Z1_VARIANCE, _X_VARIANCE, _BETA = 0.5, 0.3, 1.5
+
+
+class _LinearGaussian(nn.Module):
+  """inputs -> (inputs @ a + c, logvar), parameters set by the test; flattens images."""
+  in_dim: int
+  latent_dim: int
+
+  @nn.compact
+  def __call__(self, inputs, condition=None, train=False):
+    x = inputs.reshape(inputs.shape[:-3] + (-1,)) if inputs.ndim >= 3 else inputs
+    a = self.param("a", nn.initializers.zeros, (self.in_dim, self.latent_dim))
+    c = self.param("c", nn.initializers.zeros, (self.latent_dim,))
+    logvar = self.param("logvar", nn.initializers.zeros, (self.latent_dim,))
+    return x @ a + c, jnp.broadcast_to(logvar, x.shape[:-1] + (self.latent_dim,))
+
+
+class _LinearDecoder(nn.Module):
+  """The mean of p(x|z1), W z1 + b, as a (D, 1, 1) 'image'."""
+
+  @nn.compact
+  def __call__(self, z1, train=False):
+    w = self.param("w", nn.initializers.zeros, (_Z1_DIM, _DATA_DIM))
+    b = self.param("b", nn.initializers.zeros, (_DATA_DIM,))
+    return (z1 @ w + b).reshape(z1.shape[:-1] + (_DATA_DIM, 1, 1))
+
+
+def _linear_gaussian_hierarchy():
+  """p(z2) = N(0, 1), p(z1|z2) = N(B z2 + c, s1 I), p(x|z1) = N(W z1 + b, s2 I), and the
+  exact posteriors q(z1|x) = p(z1|x), q(z2|z1) = p(z2|z1).
+
+  B = (beta, 0) keeps z1's marginal covariance D diagonal and W's orthogonal columns keep
+  W^T W diagonal, so p(z1|x) (precision D^-1 + W^T W / s2) is a diagonal Gaussian. Since x
+  and z2 are independent given z1, p(z1, z2|x) = p(z1|x) p(z2|z1): with these q every
+  importance weight equals p(x).
+  """
+  rng = np.random.default_rng(0)
+  q, _ = np.linalg.qr(rng.normal(size=(_DATA_DIM, _Z1_DIM)))
+  w = (q * np.array([2.0, 0.7])).T  # (z1, x): W^T W = diag(4, 0.49).
+  b = rng.normal(size=_DATA_DIM)
+  c = np.array([0.4, -0.3])
+  beta = np.array([[_BETA, 0.0]])  # (z2, z1)
+  z1_cov = np.diag([_BETA ** 2 + _Z1_VARIANCE, _Z1_VARIANCE])
+  # p(z1|x): mean = P^-1 (D^-1 c + W^T (x - b) / s2) with W^T as `w` here (rows = z1).
+  precision = np.linalg.inv(z1_cov) + w @ w.T / _X_VARIANCE
+  posterior_cov = np.linalg.inv(precision)
+  a1 = (posterior_cov @ w / _X_VARIANCE).T  # x @ a1
+  c1 = posterior_cov @ (np.linalg.solve(z1_cov, c) - w @ b / _X_VARIANCE)
+  # p(z2|z1): precision 1 + beta^2 / s1, mean = beta (z1_0 - c_0) / (s1 precision).
+  z2_precision = 1.0 + _BETA ** 2 / _Z1_VARIANCE
+  a2 = np.array([[_BETA / (_Z1_VARIANCE * z2_precision)], [0.0]])
+  params = {
+      "bottom_encoder": {"a": a1, "c": c1, "logvar": np.log(np.diag(posterior_cov))},
+      "top_encoder": {"a": a2, "c": -c[:1] * a2[0], "logvar": np.array([-np.log(z2_precision)])},
+      "top_decoder": {"a": beta, "c": c, "logvar": np.log(np.full(_Z1_DIM, _Z1_VARIANCE))},
+      "decoder": {"w": w, "b": b},
+  }
+  model = models.TwoLayerVAE(
+      bottom_encoder=_LinearGaussian(_DATA_DIM, _Z1_DIM),
+      top_encoder=_LinearGaussian(_Z1_DIM, _Z2_DIM),
+      top_decoder=_LinearGaussian(_Z2_DIM, _Z1_DIM),
+      decoder=_LinearDecoder(),
+      head=models.GaussianHead(variance="fixed", fixed_variance=_X_VARIANCE))
+  x_mean = w.T @ c + b
+  x_cov = w.T @ z1_cov @ w + _X_VARIANCE * np.eye(_DATA_DIM)
+  return model, jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), params), x_mean, x_cov
+
+
+def _log_marginal(x, mean, cov):
+  diff = x - mean
+  _, logdet = np.linalg.slogdet(cov)
+  return -0.5 * (diff @ np.linalg.solve(cov, diff) + logdet + _DATA_DIM * np.log(2 * np.pi))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _estimates(model, params, xs, num_samples):
+  keys = jax.vmap(jax.random.key)(jnp.arange(xs.shape[0]))
+  return jax.vmap(lambda x, key: evaluate.importance_sampled_log_likelihood(
+      model, params, x.reshape(_DATA_DIM, 1, 1), None, key, likelihood="gaussian",
+      num_samples=num_samples, chunk_size=min(num_samples, 100)))(
+          jnp.asarray(xs, jnp.float32), keys)
+
+
+def _data(mean, cov, count):
+  return np.random.default_rng(1).multivariate_normal(mean, cov, size=count)
+
+
+@pytest.mark.parametrize("num_samples", [1, 10, 300])
+def test_exact_posteriors_give_the_exact_log_likelihood_for_any_k(num_samples):
+  model, params, x_mean, x_cov = _linear_gaussian_hierarchy()
+  xs = _data(x_mean, x_cov, 6)
+  np.testing.assert_allclose(_estimates(model, params, xs, num_samples),
+                             [_log_marginal(x, x_mean, x_cov) for x in xs], rtol=0, atol=2e-4)
+
+
+def test_sampled_elbo_of_the_exact_posteriors_is_the_log_likelihood():
+  """The ELBO path (reconstruction + a KL estimated from samples) sees the same weights."""
+  model, params, x_mean, x_cov = _linear_gaussian_hierarchy()
+  x = _data(x_mean, x_cov, 1)[0]
+  terms = losses.elbo_terms(model, {"params": params},
+                            jnp.asarray(x, jnp.float32).reshape(_DATA_DIM, 1, 1), None,
+                            jax.random.key(3), likelihood="gaussian", num_samples=20)
+  np.testing.assert_allclose(float(terms["neg_elbo"]), -_log_marginal(x, x_mean, x_cov),
+                             rtol=0, atol=2e-4)
+  assert float(terms["kl"]) > 0.1  # A real, sampled KL term, not zero by construction.
+
+
+def test_poorer_posteriors_approach_the_log_likelihood_from_below_as_k_grows():
+  model, params, x_mean, x_cov = _linear_gaussian_hierarchy()
+  params["bottom_encoder"]["c"] = params["bottom_encoder"]["c"] + 0.3
+  params["top_encoder"]["logvar"] = params["top_encoder"]["logvar"] + np.log(2.0)
+  xs = _data(x_mean, x_cov, 200)
+  exact = np.mean([_log_marginal(x, x_mean, x_cov) for x in xs])
+  gaps = {k: exact - float(jnp.mean(_estimates(model, params, xs, k)))
+          for k in (1, 10, 100, 1000)}
+  assert gaps[1] > gaps[10] > gaps[100] > gaps[1000] > 0, gaps
+  assert gaps[1] > 0.1 and gaps[1000] < 0.02, gaps
+
+
+def test_the_papers_two_layer_model_has_its_layer_sizes():
+  config = shipped_config("iwae", "layers=2,objective=iwae,k=5")
+  config_schema.validate(config)
+  model = models.get_model(config.model)
+  assert (model.latent_dim, model.noise_dim) == (50, 150)
+  params = train.create_train_state(model, config, jax.random.key(0)).params
+  shapes = jax.tree.map(lambda p: p.shape, params)
+  assert shapes["bottom_encoder"]["Dense_0"]["kernel"] == (784, 200)
+  assert shapes["bottom_encoder"]["Dense_1"]["kernel"] == (200, 200)
+  assert shapes["bottom_encoder"]["mean"]["kernel"] == (200, 100)
+  assert shapes["top_encoder"]["Dense_0"]["kernel"] == (100, 100)
+  assert shapes["top_encoder"]["mean"]["kernel"] == (100, 50)
+  assert shapes["top_decoder"]["Dense_0"]["kernel"] == (50, 100)
+  assert shapes["top_decoder"]["mean"]["kernel"] == (100, 100)
+  assert shapes["decoder"]["Dense_0"]["kernel"] == (100, 200)
+  assert shapes["decoder"]["output"]["kernel"] == (200, 784)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_two_layer_shapes_decoding_and_label_dependence(conditional):
+  config = tiny_config()
+  config.model.stochastic_layers = 2
+  config.model.conditional = conditional
+  config.model.top_layer.hidden_dims = (8,)
+  config.model.top_layer.latent_dim = 2
+  model = models.get_model(config.model)
+  params = train.create_train_state(model, config, jax.random.key(0)).params
+  images = jax.random.uniform(jax.random.key(1), (5, 28, 28, 1))
+  labels = jnp.arange(5, dtype=jnp.int32)
+  mean, logvar = model.apply({"params": params}, images, labels, method=model.encode)
+  assert mean.shape == logvar.shape == (5, 2)
+  logits = model.apply({"params": params}, mean, labels, method=model.decode)["logits"]
+  assert logits.shape == (5, 28, 28, 1)
+  eps = jax.random.normal(jax.random.key(2), (7, model.noise_dim))
+  outputs = model.apply({"params": params}, images[0], eps, labels[0])
+  assert outputs["decoded"]["logits"].shape == (7, 28, 28, 1)
+  assert outputs["log_prior"].shape == outputs["log_posterior"].shape == (7,)
+  if conditional:  # The same z2 under another label decodes differently.
+    other = model.apply({"params": params}, mean, (labels + 1) % 10,
+                        method=model.decode)["logits"]
+    assert float(jnp.max(jnp.abs(other - logits))) > 1e-4
+
+
+def test_two_layer_conv_is_refused_with_the_conflicting_keys():
+  config = tiny_config()
+  config.model.stochastic_layers = 2
+  config.model.name = "conv"
+  with pytest.raises(ValueError, match=r"model.stochastic_layers=2 needs config.model.name"):
+    config_schema.validate(config)
+  config.model.name = "mlp"
+  config.model.stochastic_layers = 3
+  with pytest.raises(ValueError, match=r"model.stochastic_layers=3 is not one of 1, 2"):
+    config_schema.validate(config)

@@ -1,0 +1,91 @@
+"""Burda et al. 2015's VAE with two stochastic layers, z1 (near x) and z2 (the top).
+
+Generative: p(z2) = N(0, I), p(z1|z2) and p(x|z1). Inference: q(z1|x) and q(z2|z1). All
+conditionals are diagonal Gaussians from MLPs except p(x|z1), the likelihood head's. The
+paper's sizes: 200-200 hidden units between x and z1 (100 units), 100-100 between z1 and
+z2 (50 units). A conditional model feeds the label's one-hot to every network.
+
+The public methods match `VAE`'s, so losses, evaluators and figures take either model:
+`__call__` gives the log densities of joint samples (z1, z2); `encode` and `decode` work on
+the top latent z2 and pass z1 at its conditional mean, so prior samples, manifolds and
+interpolations are drawn in the space of p(z2) = N(0, I).
+"""
+
+import flax.linen as nn
+import jax
+
+from vae_jax import losses
+from vae_jax.models.vae import join_condition, label_condition, reparameterize
+
+
+class TwoLayerVAE(nn.Module):
+  """Attributes:
+    bottom_encoder: (image, condition, train) -> (mean, logvar) of q(z1|x).
+    top_encoder: (z1, condition, train) -> (mean, logvar) of q(z2|z1).
+    top_decoder: (z2, condition, train) -> (mean, logvar) of p(z1|z2).
+    decoder: (z1 [+ condition], train) -> one raw output per pixel, then `head`.
+    num_classes: > 0 makes the model conditional on a label in [0, num_classes).
+  """
+  bottom_encoder: nn.Module
+  top_encoder: nn.Module
+  top_decoder: nn.Module
+  decoder: nn.Module
+  head: nn.Module
+  num_classes: int = 0
+
+  @property
+  def conditional(self) -> bool:
+    return self.num_classes > 0
+
+  @property
+  def latent_dim(self) -> int:
+    """Size of z2, the prior's variable (what `decode` takes)."""
+    return self.top_encoder.latent_dim
+
+  @property
+  def noise_dim(self) -> int:
+    """One joint posterior sample (z1, z2) takes noise for both: dim z1 + dim z2."""
+    return self.bottom_encoder.latent_dim + self.top_encoder.latent_dim
+
+  def _condition(self, label):
+    return label_condition(label, self.num_classes)
+
+  def _decode_z1(self, z1, condition, train):
+    return self.head(self.decoder(join_condition(z1, condition), train=train))
+
+  def encode(self, image: jax.Array, label=None, train: bool = False):
+    """(mean, logvar) of q(z2 | z1 = E_q[z1|x]) (a deterministic summary, for figures)."""
+    condition = self._condition(label)
+    z1_mean, _ = self.bottom_encoder(image, condition, train=train)
+    return self.top_encoder(z1_mean, condition, train=train)
+
+  def decode(self, z2: jax.Array, label=None, train: bool = False) -> dict[str, jax.Array]:
+    """The likelihood's parameters of p(x | z1 = E_p[z1|z2]); z2 may have sample axes."""
+    condition = self._condition(label)
+    z1_mean, _ = self.top_decoder(z2, condition, train=train)
+    return self._decode_z1(z1_mean, condition, train)
+
+  def __call__(self, image: jax.Array, eps: jax.Array, label=None, train: bool = False):
+    """One example's joint samples (z1, z2) ~ q(z1|x) q(z2|z1); eps (k, noise_dim).
+
+    Returns a dict: `decoded` (the likelihood's parameters of p(x|z1) per sample),
+    `log_prior` log p(z1, z2) = log p(z2) + log p(z1|z2) and `log_posterior`
+    log q(z1, z2|x) per sample. No analytic KL: p(z1|z2) makes it intractable, so the
+    losses estimate it from the samples.
+    """
+    condition = self._condition(label)
+    z1_dim = self.bottom_encoder.latent_dim
+    eps1, eps2 = eps[..., :z1_dim], eps[..., z1_dim:]
+    z1_mean, z1_logvar = self.bottom_encoder(image, condition, train=train)
+    z1 = reparameterize(z1_mean, z1_logvar, eps1)
+    z2_mean, z2_logvar = self.top_encoder(z1, condition, train=train)
+    z2 = reparameterize(z2_mean, z2_logvar, eps2)
+    prior_z1_mean, prior_z1_logvar = self.top_decoder(z2, condition, train=train)
+    return {
+        "decoded": self._decode_z1(z1, condition, train),
+        "log_prior": (losses.standard_normal_log_density(z2)
+                      + losses.diagonal_gaussian_log_density(z1, prior_z1_mean,
+                                                             prior_z1_logvar)),
+        "log_posterior": (losses.reparameterized_log_density(eps1, z1_logvar)
+                          + losses.reparameterized_log_density(eps2, z2_logvar)),
+    }
