@@ -151,6 +151,13 @@ def test_bad_enum_value_names_the_key_and_the_allowed_values(tmp_path):
     ("model.conv.decoder_dense_dims", (24, 50), "must be a multiple of"),
     ("model.hidden_dims", (512, -1), "must be a non-empty tuple of positive integers"),
     ("figures.label", 10, "config.figures.label=10 must be in [0, "),
+    ("model.stochastic_layers", 3, "config.model.stochastic_layers=3 is not one of 1, 2"),
+    ("resume_mismatch", "maybe", "config.resume_mismatch='maybe' is not one of 'refuse', "
+                                 "'allow'"),
+    ("checkpoint_every_steps", -5, "config.checkpoint_every_steps=-5 must be a non-negative"),
+    ("train.progress_every_seconds", -1.0, "config.train.progress_every_seconds=-1.0 must be"),
+    ("train.learning_rate_schedule", "cosine", "config.train.learning_rate_schedule='cosine'"),
+    ("loss.kl_weight", -1.0, "config.loss.kl_weight=-1.0 must be >= 0"),
 ])
 def test_validate_rejects_bad_values(key, value, expected):
   config = config_schema.default_config()
@@ -162,6 +169,17 @@ def test_validate_rejects_bad_values(key, value, expected):
   node[name] = value
   with pytest.raises(ValueError, match=re.escape(expected)):
     config_schema.validate(config)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("--config.train.batch_size=abc", "--config.train.batch_size=abc: invalid literal"),
+    ("--config.model.conditional=maybe", "--config.model.conditional=maybe"),
+])
+def test_wrong_type_on_the_command_line_names_the_key(tmp_path, override, expected):
+  result = _run_main("--config=configs/mlp.py", f"--workdir={tmp_path}", override)
+  assert result.returncode != 0
+  assert expected in result.stderr
+  assert not (tmp_path / "config.json").exists()
 
 
 def test_static_dataset_requires_static_binarization():
@@ -190,7 +208,11 @@ def test_shipped_configs_load_locked_and_validate():
     config = module.get_config()
     config.lock()
     config_schema.validate(config)
-  config_schema.validate(shipped_config("conv", "short"))
+  for name, arg in [("conv", "short"), ("iwae", "objective=iwae,k=50"),
+                    ("iwae", "layers=2,objective=vae,k=1,short")]:
+    config = shipped_config(name, arg)
+    config.lock()
+    config_schema.validate(config)
   with pytest.raises(ValueError, match="Unknown variant configs/conv.py:long"):
     shipped_config("conv", "long")
 

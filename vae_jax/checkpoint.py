@@ -1,14 +1,21 @@
-"""Orbax checkpoints of the train state under `workdir/checkpoints/<step>`.
+"""Orbax checkpoints of a run under `workdir/checkpoints/<step>`.
 
-Orbax writes each step to a temporary folder and renames it when complete, so a run killed
-mid-save never leaves a half-written checkpoint under a step's name.
+Each checkpoint holds two items: `state` (the train state: parameters, optimizer, step)
+and `progress` (JSON: what the loop needs to continue exactly, e.g. the current epoch's
+per-step metrics). Orbax writes a step to a temporary folder and renames it when
+complete, so a run killed mid-save never leaves a half-written checkpoint under a step's
+name; leftover temporary folders are removed on the next start. A checkpoint that still
+fails to load (a truncated or corrupted file) is moved to `workdir/corrupt_checkpoints/`
+and the run falls back to the previous one.
 """
 
 import logging as python_logging
 import os
+import shutil
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 
@@ -25,29 +32,77 @@ def quiet_orbax_logging() -> None:
 
 
 class Checkpointer:
-  """Restore-or-init, save, latest step."""
+  """Restore the latest good checkpoint, save, list steps."""
 
   def __init__(self, workdir: str, max_to_keep: int):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, "checkpoints")
     self._manager = ocp.CheckpointManager(
-        self.directory,
+        self.directory, item_names=("state", "progress"),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             cleanup_tmp_directories=True,
                                              enable_async_checkpointing=False))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def restore_or(self, initial_state):
-    """The latest saved state, shaped and sharded like `initial_state`; else `initial_state`."""
-    step = self.latest_step()
-    if step is None:
-      return initial_state
-    abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, initial_state)
-    logging.info("Restoring checkpoint of step %d from %s.", step, self.directory)
-    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  def step_path(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
 
-  def save(self, step: int, state) -> None:
-    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+  def restore_latest(self, initial_state):
+    """(state, progress, step) of the newest checkpoint that loads; else (initial_state,
+    {}, None). `state` is shaped and sharded like `initial_state`."""
+    abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, initial_state)
+    failed = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        state, progress = self._restore(step, abstract_state)
+      except Exception as error:  # pylint: disable=broad-except  (any unreadable file)
+        failed.append(step)
+        moved_to = self._set_aside(step)
+        logging.error("The checkpoint of step %d at %s failed to load (%s: %s); moved it "
+                      "to %s.", step, self.step_path(step), type(error).__name__,
+                      str(error).splitlines()[0][:300] if str(error) else "", moved_to)
+        continue
+      if failed:
+        logging.warning("Resuming from the previous good checkpoint, step %d.", step)
+      return state, progress, step
+    if failed:
+      logging.warning("No checkpoint in %s loads: starting from scratch.", self.directory)
+    return initial_state, {}, None
+
+  def _restore(self, step, abstract_state):
+    step_dir = self.step_path(step)
+    if os.path.isdir(os.path.join(step_dir, "default")):  # Written before `progress` existed.
+      legacy = ocp.CheckpointManager(self.directory)
+      state = legacy.restore(step, args=ocp.args.StandardRestore(abstract_state))
+      legacy.close()
+      return state, {}
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), progress=ocp.args.JsonRestore()))
+    return restored["state"], dict(restored["progress"] or {})
+
+  def _set_aside(self, step: int) -> str:
+    """Moves a bad checkpoint out of orbax's sight (kept for inspection, not deleted)."""
+    target = os.path.join(self.workdir, "corrupt_checkpoints", str(step))
+    if jax.process_index() == 0:
+      suffix = 0
+      while os.path.exists(target + (f".{suffix}" if suffix else "")):
+        suffix += 1
+      target += f".{suffix}" if suffix else ""
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(self.step_path(step), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+    self._manager.reload()
+    return target
+
+  def save(self, step: int, state, progress: dict | None = None) -> None:
+    """Saves unless this step is already saved (e.g. preempted right after a save)."""
+    if step in self._manager.all_steps():
+      return
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress or {})))
     self._manager.wait_until_finished()
 
   def close(self) -> None:

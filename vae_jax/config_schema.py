@@ -25,7 +25,15 @@ ALLOWED_VALUES = {
     "model.gaussian_variance": ("fixed", "learned_global", "learned_per_pixel"),
     "loss.objective": ("elbo", "iwae"),
     "train.learning_rate_schedule": ("constant", "iwae"),
+    "resume_mismatch": ("refuse", "allow"),
 }
+
+# Keys that may change when a run is resumed: where things are, how often the loop logs
+# and saves, and what is evaluated and drawn. The others shape the trained model.
+RESUME_FREE_KEYS = ("resume_mismatch", "data.manual_dir", "data.tfds_data_dir",
+                    "train.num_epochs", "train.num_steps",  # Longer runs continue exactly.
+                    "train.log_every_steps", "train.progress_every_seconds",
+                    "checkpoint_every_steps", "checkpoints_to_keep", "eval.", "figures.")
 
 # Datasets whose pixels are already 0/1; the "static" binarization mode means "use one".
 STATICALLY_BINARIZED_DATASETS = ("binarized_mnist",)
@@ -107,6 +115,11 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.num_steps = 0  # When > 0, overrides num_epochs.
   # Metrics are fetched from the device (and checked for NaN) this often.
   config.train.log_every_steps = 100
+  # A progress line (steps/s, examples/s, epoch, time left) this often; 0: none.
+  config.train.progress_every_seconds = 10.0
+  # False: a NaN or inf in the loss or gradients stops the run, naming the step. True:
+  # such an update is skipped (parameters and Adam state kept) and counted.
+  config.train.skip_nonfinite_updates = False
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 1000
@@ -130,8 +143,35 @@ def default_config() -> ml_collections.ConfigDict:
   config.figures.num_denoising_examples = 8  # Shown; the error plot uses a larger set.
   config.figures.label = 7  # Of the 2-D manifold of a conditional model.
 
+  # A checkpoint at every epoch's end, at the end, on SIGTERM, and every this many steps
+  # (0: no extra ones); the last checkpoints_to_keep are kept.
+  config.checkpoint_every_steps = 0
   config.checkpoints_to_keep = 2
+  # 'refuse': a workdir holding a checkpoint of a run with a different config is an
+  # error that lists the differing keys; 'allow': resume it with the new values.
+  config.resume_mismatch = "refuse"
   return config
+
+
+def flat_items(config: ml_collections.ConfigDict) -> dict:
+  """{'model.latent_dim': 128, ...}: every leaf under its dotted key."""
+  def flatten(tree: dict, prefix: str) -> dict:
+    flat = {}
+    for key, value in tree.items():
+      if isinstance(value, dict):
+        flat.update(flatten(value, f"{prefix}{key}."))
+      else:
+        flat[f"{prefix}{key}"] = value
+    return flat
+  return flatten(config.to_dict(), "")
+
+
+def resume_differences(saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict
+                       ) -> list[tuple[str, object, object]]:
+  """(key, saved value, current value) for each key that shapes training and differs."""
+  saved_items, current_items = flat_items(saved), flat_items(current)
+  return [(key, saved_items.get(key), value) for key, value in sorted(current_items.items())
+          if not key.startswith(RESUME_FREE_KEYS) and saved_items.get(key) != value]
 
 
 def load_json(path: str) -> ml_collections.ConfigDict:
@@ -199,7 +239,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
             f"config.{key}={value!r} must be a positive integer.")
   for key in ("train.num_epochs", "train.num_steps", "data.validation_size",
-              "eval.num_importance_samples",
+              "eval.num_importance_samples", "checkpoint_every_steps",
               "figures.num_reconstructions", "figures.num_prior_samples",
               "figures.every_epochs", "figures.num_scatter_points",
               "figures.num_interpolations", "figures.num_denoising_examples"):
@@ -208,6 +248,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.{key}={value!r} must be a non-negative integer.")
   require(config.train.num_epochs > 0 or config.train.num_steps > 0,
           "config.train.num_epochs and config.train.num_steps are both 0: nothing to train.")
+  require(config.train.progress_every_seconds >= 0,
+          f"config.train.progress_every_seconds={config.train.progress_every_seconds!r} "
+          "must be >= 0 (0: no progress lines).")
   for key in ("train.learning_rate", "train.adam_eps", "model.init_stddev", "model.gaussian_fixed_variance",
               "model.gaussian_min_variance"):
     value = _get(config, key)

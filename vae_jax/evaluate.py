@@ -40,7 +40,8 @@ def make_elbo_evaluator(model: nn.Module, config, mesh: jax.sharding.Mesh):
         params, dataset["image"][indices], dataset["label"][indices], keys)
     return {name: jnp.sum(jnp.where(mask, value, 0.0)) for name, value in terms.items()}
 
-  batch_sums = jax.jit(batch_sums)
+  # Replicated results: every process can read them (multi-host) without a gather.
+  batch_sums = jax.jit(batch_sums, out_shardings=NamedSharding(mesh, P()))
 
   def evaluate(params, dataset, rng) -> dict[str, float]:
     num_examples = dataset["image"].shape[0]
@@ -108,7 +109,7 @@ def make_nll_evaluator(model: nn.Module, config, mesh: jax.sharding.Mesh, *,
         likelihood=likelihood,
         num_samples=num_importance_samples, chunk_size=chunk_size)
 
-  @jax.jit
+  @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
   def batch_nll(params, dataset, indices, rng):
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, indices)
     return jax.vmap(example_nll, in_axes=(None, 0, 0, 0))(

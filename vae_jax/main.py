@@ -2,8 +2,11 @@
 
 Any config value can be overridden on the command line, e.g.
 --config.model.latent_dim=32 --config.train.num_epochs=5; unknown keys are refused.
+The same command on the same workdir resumes from its latest checkpoint. On SIGTERM the
+run saves a checkpoint and exits with status 143 (128 + SIGTERM).
 """
 
+import signal
 import sys
 
 from absl import app
@@ -14,12 +17,20 @@ from ml_collections import config_flags
 
 from vae_jax import checkpoint
 from vae_jax import config_schema
+from vae_jax import input_pipeline
 from vae_jax import train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Training configuration file, e.g. configs/mlp.py.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
+flags.DEFINE_bool("distributed", False,
+                  "Multi-host: call jax.distributed.initialize before anything else. Without "
+                  "the three flags below JAX reads the cluster's environment (TPU pods, "
+                  "SLURM, Open MPI, ...).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (--distributed).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (--distributed).")
+flags.DEFINE_integer("process_id", None, "This process's index (--distributed).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -40,9 +51,20 @@ def main(argv):
     config_schema.validate(FLAGS.config)  # Before any data loading or compilation.
   except ValueError as error:
     sys.exit(str(error))
+  if FLAGS.distributed:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                               FLAGS.process_id)
   checkpoint.quiet_orbax_logging()
-  logging.info("JAX devices: %s", jax.devices())
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  logging.info("JAX process %d of %d; devices: %s", jax.process_index(),
+               jax.process_count(), jax.devices())
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except train.PreemptedError as preempted:
+    print(preempted, file=sys.stderr)
+    sys.exit(128 + signal.SIGTERM)
+  except (train.ConfigMismatchError, train.NonFiniteLossError,
+          input_pipeline.DataError) as error:
+    sys.exit(str(error))  # The message says what is wrong and what to do.
 
 
 if __name__ == "__main__":

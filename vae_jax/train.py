@@ -9,6 +9,8 @@ This loop is the only place that logs, writes files or checkpoints (on process 0
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vae_jax import checkpoint
@@ -30,6 +33,7 @@ from vae_jax import figures
 from vae_jax import input_pipeline
 from vae_jax import losses
 from vae_jax import models
+from vae_jax import progress
 from vae_jax import visualize
 
 BATCH_AXIS = "batch"
@@ -37,6 +41,18 @@ BATCH_AXIS = "batch"
 
 class NonFiniteLossError(FloatingPointError):
   """Training produced NaN or inf; the message names the step and the bad terms."""
+
+
+class ConfigMismatchError(ValueError):
+  """The workdir holds a run trained with another config; the message lists the keys."""
+
+
+class PreemptedError(RuntimeError):
+  """SIGTERM: a checkpoint was saved at `step`; the same command resumes from it."""
+
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = step
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
@@ -81,13 +97,12 @@ def load_run(workdir: str) -> Run:
   model = models.get_model(config.model)
   keys = run_keys(config.seed)
   checkpointer = checkpoint.Checkpointer(workdir, config.checkpoints_to_keep)
-  step = checkpointer.latest_step()
+  # Restored onto one device; callers replicate it if they want data parallelism.
+  state, _, step = checkpointer.restore_latest(create_train_state(model, config, keys["init"]))
+  checkpointer.close()
   if step is None:
     raise ValueError(f"No checkpoint under {checkpointer.directory}: train first with "
                      f"python -m vae_jax.main --config=... --workdir={workdir}")
-  # Restored onto one device; callers replicate it if they want data parallelism.
-  state = checkpointer.restore_or(create_train_state(model, config, keys["init"]))
-  checkpointer.close()
   logging.info("Restored step %d from %s.", step, checkpointer.directory)
   return Run(config=config, model=model, params=state.params, step=step, keys=keys)
 
@@ -158,12 +173,21 @@ def make_grads_fn(model: nn.Module, config, mesh: jax.sharding.Mesh):
 def _train_step_body(model: nn.Module, config):
   """The per-device step: the step's key is fold_in(rng, state.step)."""
   grads_and_metrics = _grads_body(model, config)
+  skip_nonfinite = config.train.skip_nonfinite_updates
 
   def train_step(state: train_state.TrainState, batch, rng: jax.Array):
     step_rng = jax.random.fold_in(rng, state.step)
     grads, metrics = grads_and_metrics(state.params, batch, step_rng)
     metrics["grad_norm"] = optax.tree.norm(grads)
-    return state.apply_gradients(grads=grads), metrics
+    new_state = state.apply_gradients(grads=grads)
+    if skip_nonfinite:
+      # A non-finite gradient makes grad_norm non-finite. A skipped update keeps the
+      # parameters and Adam's moments but advances the step (and with it the data).
+      finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+      kept = state.replace(step=new_state.step)
+      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, kept)
+      metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
+    return new_state, metrics
 
   return train_step
 
@@ -202,14 +226,68 @@ def make_dataset_train_step(model: nn.Module, config, mesh: jax.sharding.Mesh,
   return jax.jit(step, donate_argnums=0)
 
 
-def _check_finite(step_metrics: list[dict], first_step: int) -> None:
+def _check_finite(step_metrics: list[dict], first_step: int, checkpoint_step) -> None:
+  """Raises on the first step with a NaN or inf in its metrics, unless it was skipped."""
   for offset, metrics in enumerate(step_metrics):
+    if metrics.get("skipped"):
+      continue
     bad = {name: float(value) for name, value in metrics.items() if not np.isfinite(value)}
     if bad:
+      kept = (f"the last checkpoint (step {checkpoint_step}) was left in place"
+              if checkpoint_step is not None else "no checkpoint was written")
       raise NonFiniteLossError(
-          f"Non-finite training metrics at step {first_step + offset + 1}: {bad}. "
-          "Lower config.train.learning_rate or check the data; the last checkpoint was "
-          "left as it was.")
+          f"Non-finite training metrics at step {first_step + offset + 1}: {bad} "
+          "(grad_norm covers every gradient). Lower config.train.learning_rate or check "
+          "the data, or set config.train.skip_nonfinite_updates=True to skip such updates; "
+          f"{kept}.")
+
+
+def _epoch_means(step_metrics: list[dict]) -> dict[str, float]:
+  """Means over the epoch's steps, skipped updates left out (and counted), as float32
+  arrays so that metrics restored from a checkpoint's JSON give the same bits."""
+  kept = [m for m in step_metrics if not m.get("skipped")]
+  means = {name: float(np.mean(np.asarray([m[name] for m in kept], np.float32)))
+           if kept else float("nan") for name in ("neg_elbo", "reconstruction", "kl", "loss")}
+  if step_metrics and "skipped" in step_metrics[0]:
+    means["skipped_updates"] = len(step_metrics) - len(kept)
+  return means
+
+
+class _SigtermFlag:
+  """Records SIGTERM instead of dying, so the loop can save a checkpoint first.
+
+  With several processes, JAX's preemption sync point (the coordination service relays
+  the signal) makes every process stop at the same step, which a collective save needs.
+  """
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.received = True
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.received
+
+  def __exit__(self, *exc_info):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _write_atomically(path: str, text: str) -> None:
+  """A kill mid-write leaves the old file or the new one, never half of one."""
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
 
 
 HISTORY_FILE = "epoch_metrics.jsonl"
@@ -226,10 +304,8 @@ def read_history(workdir: str, up_to_step: int | None = None) -> list[dict]:
 
 
 def _write_history(workdir: str, history: list[dict]) -> None:
-  path = os.path.join(workdir, HISTORY_FILE)
-  with open(path + ".tmp", "w") as f:
-    f.writelines(json.dumps(entry) + "\n" for entry in history)
-  os.replace(path + ".tmp", path)
+  _write_atomically(os.path.join(workdir, HISTORY_FILE),
+                    "".join(json.dumps(entry) + "\n" for entry in history))
 
 
 def write_figures(workdir: str, writer, step: int, named_figures: dict, *,
@@ -252,15 +328,20 @@ def write_figures(workdir: str, writer, step: int, named_figures: dict, *,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains and evaluates a VAE as `config` says, writing everything under `workdir`.
 
-  Returns the final epoch's metrics (train and test -ELBO parts, in nats per example), and
-  the test NLL when config.eval.num_importance_samples > 0 (also written to eval.json).
+  Resumes from the workdir's latest good checkpoint, continuing with the same data order
+  and random numbers, so a resumed run ends with the parameters and metrics of an
+  uninterrupted one. Returns the final epoch's metrics (train and test -ELBO parts, in
+  nats per example), and the test NLL when config.eval.num_importance_samples > 0 (also
+  written to eval.json). Raises PreemptedError after saving a checkpoint on SIGTERM.
   """
   config_schema.validate(config)
   is_writer = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
+  checkpointer = checkpoint.Checkpointer(workdir, config.checkpoints_to_keep)
+  _check_same_config(config, workdir, checkpointer.latest_step())
   if is_writer:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    _write_atomically(os.path.join(workdir, "config.json"),
+                      config.to_json_best_effort(indent=2, sort_keys=True))
 
   mesh = make_mesh()
   num_devices = mesh.shape[BATCH_AXIS]
@@ -286,14 +367,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   model = models.get_model(config.model)
   state = replicate(create_train_state(model, config, rng_init, steps_per_epoch), mesh)
-  checkpointer = checkpoint.Checkpointer(workdir, config.checkpoints_to_keep)
-  state = checkpointer.restore_or(state)
+  state, saved_progress, checkpoint_step = checkpointer.restore_latest(state)
   start_step = int(state.step)
   if start_step >= num_steps:
     logging.info("The checkpoint in %s is at step %d of %d: nothing left to train.",
                  workdir, start_step, num_steps)
   elif start_step:
-    logging.info("Resuming at step %d of %d.", start_step, num_steps)
+    logging.info("Resuming at step %d of %d (epoch %.2f).", start_step, num_steps,
+                 start_step / steps_per_epoch)
   # Epochs logged after the restored checkpoint (by a run killed before its next save)
   # are dropped: the resumed run logs them again.
   history = read_history(workdir, up_to_step=start_step)
@@ -305,7 +386,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   evaluate_elbo = evaluate.make_elbo_evaluator(model, config, mesh)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_writer)
   if start_step == 0:
-    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+    writer.write_hparams({key: value if isinstance(value, (int, float, str, bool)) else str(value)
+                          for key, value in config_schema.flat_items(config).items()})
+  reporter = progress.Progress(
+      total_steps=num_steps, steps_per_epoch=steps_per_epoch,
+      batch_size=config.train.batch_size, start_step=start_step,
+      every_seconds=config.train.progress_every_seconds if is_writer else 0,
+      draw_bar=None if is_writer else False)
 
   def log_epoch(epoch, step, train_means):
     summary = {f"train_{name}": value for name, value in train_means.items()}
@@ -319,50 +406,86 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if is_writer:
       _write_history(workdir, history)
     logging.info("epoch %g (step %d): train -ELBO %.2f (reconstruction %.2f, KL %.2f); "
-                 "test -ELBO %.2f nats", epoch, step, summary["train_neg_elbo"],
+                 "test -ELBO %.2f nats%s", epoch, step, summary["train_neg_elbo"],
                  summary["train_reconstruction"], summary["train_kl"],
-                 summary.get("test_neg_elbo", float("nan")))
-    return summary
+                 summary.get("test_neg_elbo", float("nan")),
+                 f"; {train_means['skipped_updates']} updates skipped"
+                 if train_means.get("skipped_updates") else "")
 
-  pending, epoch_metrics = [], []
+  # The current epoch's per-step metrics (host floats). A checkpoint saved mid-epoch
+  # keeps them, so the epoch's means come out the same after a resume.
+  epoch_metrics = [dict(m) for m in saved_progress.get("epoch_metrics", [])]
+  pending = []
   interval_start_time, interval_start_step = time.time(), start_step
-  epoch_indices, indices_epoch = None, None
-  for step in range(start_step, num_steps):
-    epoch = step // steps_per_epoch
-    if indices_epoch != epoch:
-      epoch_indices = batch_indices(rng_shuffle, epoch, splits["train"].num_examples,
-                                    config.train.batch_size)
-      indices_epoch = epoch
-    state, metrics = train_step(state, train_data, epoch_indices, rng_train)
-    pending.append(metrics)
 
-    finished = step + 1
-    end_of_epoch = finished % steps_per_epoch == 0 or finished == num_steps
-    if len(pending) >= config.train.log_every_steps or end_of_epoch:
-      fetched = jax.device_get(pending)
-      _check_finite(fetched, finished - len(fetched))
-      elapsed = time.time() - interval_start_time
-      interval = {name: float(np.mean([m[name] for m in fetched])) for name in fetched[0]}
-      interval["steps_per_sec"] = (finished - interval_start_step) / max(elapsed, 1e-9)
-      writer.write_scalars(finished, {f"train_interval/{k}": v for k, v in interval.items()})
-      logging.info("step %d/%d: loss %.2f, %.1f steps/s", finished, num_steps,
-                   interval["loss"], interval["steps_per_sec"])
-      epoch_metrics.extend(fetched)
-      pending, interval_start_time, interval_start_step = [], time.time(), finished
-    if end_of_epoch:
-      train_means = {name: float(np.mean([m[name] for m in epoch_metrics]))
-                     for name in ("neg_elbo", "reconstruction", "kl", "loss")}
-      log_epoch(round(finished / steps_per_epoch, 3), finished, train_means)
-      epoch_metrics = []
-      checkpointer.save(finished, state)
-      epochs_done, partial = divmod(finished, steps_per_epoch)
-      every = config.figures.every_epochs
-      if (is_writer and every and not partial and epochs_done % every == 0
-          and finished < num_steps):
-        write_figures(workdir, writer, finished, visualize.make_figures(
-            model, state.params, config, splits["test"], rng_figures, cheap_only=True),
-                      save_png=False)
-      interval_start_time = time.time()  # Steps/s should not count evaluation time.
+  def fetch_pending():
+    """Brings the pending steps' metrics to the host, checks them and logs the interval."""
+    nonlocal pending, interval_start_time, interval_start_step
+    if not pending:
+      return
+    fetched = [{name: float(value) for name, value in m.items()}
+               for m in jax.device_get(pending)]
+    finished = interval_start_step + len(fetched)
+    _check_finite(fetched, interval_start_step, checkpoint_step)
+    elapsed = time.time() - interval_start_time
+    kept = [m for m in fetched if not m.get("skipped")] or fetched
+    interval = {name: float(np.mean([m[name] for m in kept])) for name in fetched[0]}
+    if "skipped" in interval:
+      interval["skipped"] = float(sum(m["skipped"] for m in fetched))
+    interval["steps_per_sec"] = len(fetched) / max(elapsed, 1e-9)
+    writer.write_scalars(finished, {f"train_interval/{k}": v for k, v in interval.items()})
+    logging.info("step %d/%d: loss %.2f, %.1f steps/s", finished, num_steps,
+                 interval["loss"], interval["steps_per_sec"])
+    epoch_metrics.extend(fetched)
+    pending, interval_start_time, interval_start_step = [], time.time(), finished
+
+  def save(step):
+    nonlocal checkpoint_step
+    fetch_pending()  # Never saves a state whose metrics were not checked.
+    checkpointer.save(step, state, {"epoch_metrics": epoch_metrics})
+    checkpoint_step = step
+
+  every_steps = config.checkpoint_every_steps
+  epoch_indices, indices_epoch = None, None
+  with _SigtermFlag() as sigterm:
+    for step in range(start_step, num_steps):
+      epoch = step // steps_per_epoch
+      if indices_epoch != epoch:
+        epoch_indices = batch_indices(rng_shuffle, epoch, splits["train"].num_examples,
+                                      config.train.batch_size)
+        indices_epoch = epoch
+      state, metrics = train_step(state, train_data, epoch_indices, rng_train)
+      pending.append(metrics)
+      finished = step + 1
+      reporter.update(finished)
+
+      end_of_epoch = finished % steps_per_epoch == 0 or finished == num_steps
+      if len(pending) >= config.train.log_every_steps or end_of_epoch:
+        fetch_pending()
+      if end_of_epoch:
+        evaluation_start = time.time()
+        log_epoch(round(finished / steps_per_epoch, 3), finished, _epoch_means(epoch_metrics))
+        epoch_metrics = []
+        save(finished)
+        epochs_done, partial = divmod(finished, steps_per_epoch)
+        every = config.figures.every_epochs
+        if (is_writer and every and not partial and epochs_done % every == 0
+            and finished < num_steps):
+          write_figures(workdir, writer, finished, visualize.make_figures(
+              model, jax.device_get(state.params), config, splits["test"], rng_figures, cheap_only=True),
+                        save_png=False)
+        interval_start_time = time.time()  # Steps/s should not count evaluation time.
+        reporter.exclude(interval_start_time - evaluation_start)
+      elif every_steps and finished % every_steps == 0:
+        save(finished)
+      if sigterm.should_stop(finished) and finished < num_steps:
+        save(finished)
+        writer.flush()
+        checkpointer.close()
+        raise PreemptedError(
+            f"Received SIGTERM: saved a checkpoint of step {finished} of {num_steps} to "
+            f"{checkpointer.step_path(finished)}. Run the same command again to resume.",
+            finished)
 
   summary = dict(history[-1]) if history else {}
   if config.eval.num_importance_samples and "test" in eval_data:
@@ -374,23 +497,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.write_scalars(num_steps, {"test_nll": result["nll_nats"]})
     summary.update(test_nll_nats=result["nll_nats"], test_nll_stderr=result["nll_stderr"])
     if is_writer:
-      with open(os.path.join(workdir, "eval.json"), "w") as f:
-        json.dump(result, f, indent=2)
+      _write_atomically(os.path.join(workdir, "eval.json"), json.dumps(result, indent=2))
 
   if is_writer:
+    # Host parameters: process 0 alone draws, on its own device.
     paths = write_figures(workdir, writer, num_steps, visualize.make_figures(
-        model, state.params, config, splits["test"], rng_figures, history=history))
+        model, jax.device_get(state.params), config, splits["test"], rng_figures, history=history))
     logging.info("Wrote %d figures to %s.", len(paths), os.path.dirname(paths[0]))
   writer.flush()
   checkpointer.close()
   return summary
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-  return flat
+def _check_same_config(config, workdir: str, checkpoint_step: int | None) -> None:
+  """Refuses to resume a run that was trained with a different config, naming the keys."""
+  path = os.path.join(workdir, "config.json")
+  if checkpoint_step is None or not os.path.exists(path):
+    return
+  differences = config_schema.resume_differences(config_schema.load_json(path), config)
+  if not differences:
+    return
+  listing = "\n  ".join(f"{key}: {saved!r} -> {now!r}" for key, saved, now in differences)
+  if config.resume_mismatch == "allow":
+    logging.warning("Resuming %s (checkpoint of step %d) with a changed config, as "
+                    "config.resume_mismatch='allow' says:\n  %s", workdir, checkpoint_step,
+                    listing)
+    return
+  raise ConfigMismatchError(
+      f"{workdir} holds a run with a checkpoint of step {checkpoint_step} that was trained "
+      f"with a different config. Differing keys (saved -> now):\n  {listing}\n"
+      "Use a new --workdir, or add --config.resume_mismatch=allow to continue this run "
+      "with the new values.")
