@@ -3,6 +3,7 @@
 import os
 import pathlib
 
+import numpy as np
 import pytest
 
 from vae_jax import config_schema
@@ -54,6 +55,18 @@ def tiny_config(**data_overrides):
   for key, value in data_overrides.items():
     config.data[key] = value
   return config
+
+
+def synthetic_splits(num_train=400, num_test=100):
+  """Noise images in place of a dataset, for loop tests that need no TFDS: pass as
+  monkeypatch.setattr(input_pipeline, "load_splits", lambda data_config: ...)."""
+  from vae_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (num_train + num_test, 28, 28, 1)).astype(np.uint8)
+  labels = rng.integers(0, 10, num_train + num_test).astype(np.int32)
+  return {"train": input_pipeline.Split(images[:num_train], labels[:num_train]),
+          "validation": input_pipeline.Split(images[:0], labels[:0]),
+          "test": input_pipeline.Split(images[num_train:], labels[num_train:])}
 
 
 def shipped_config(name: str, arg=None):

@@ -8,8 +8,10 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from tests.conftest import REPO_ROOT, tiny_config
+from tests.conftest import REPO_ROOT, synthetic_splits, tiny_config
+from vae_jax import input_pipeline
 from vae_jax import models
 from vae_jax import train
 
@@ -69,16 +71,39 @@ def test_different_steps_draw_different_noise():
   assert float(m0["reconstruction"]) != float(m1["reconstruction"])
 
 
-def test_train_step_does_not_retrace_across_steps():
+def test_train_steps_do_not_retrace_across_dispatches():
   config = tiny_config()
   model, mesh, state = _setup(config)
-  step = train.make_dataset_train_step(model, config, mesh, steps_per_epoch=4)
+  steps = train.make_dataset_train_steps(model, config, mesh, steps_per_epoch=4)
   dataset = _fixed_batch(batch_size=64)
   epoch_indices = jnp.arange(64, dtype=jnp.int32).reshape(4, 16)
-  for _ in range(6):
-    state, _ = step(state, dataset, epoch_indices, jax.random.key(0))
-  assert step._cache_size() == 1  # pylint: disable=protected-access
-  assert int(state.step) == 6
+  for count in (1, 3, 1, 3, 3):
+    state, metrics = steps(state, dataset, epoch_indices, jax.random.key(0), count)
+    assert metrics["loss"].shape == (count,)
+  assert steps._cache_size() == 2  # One program per dispatch size.  pylint: disable=protected-access
+  assert int(state.step) == 11
+
+
+@pytest.mark.parametrize("steps_per_dispatch", [4, 7])
+def test_scanned_dispatches_give_the_parameters_of_single_steps(tmp_path, monkeypatch,
+                                                                steps_per_dispatch):
+  """Whole runs (epochs of 25 steps, logs every 10, checkpoints every 6) with several
+  steps per dispatch end with the parameters and metrics of one step per dispatch."""
+  monkeypatch.setattr(input_pipeline, "load_splits", lambda data_config: synthetic_splits())
+  config = tiny_config()
+  config.train.num_steps, config.train.num_epochs = 0, 2
+  config.train.log_every_steps, config.checkpoint_every_steps = 10, 6
+  config.data.binarization = "dynamic"
+  config.model.dropout_rate = 0.1
+  results = {}
+  for count in (1, steps_per_dispatch):
+    config.train.steps_per_dispatch = count
+    workdir = str(tmp_path / str(count))
+    results[count] = (train.train_and_evaluate(config, workdir),
+                      jax.device_get(train.load_run(workdir).params))
+  assert results[1][0] == results[steps_per_dispatch][0]  # Epoch metrics, exactly.
+  jax.tree.map(np.testing.assert_array_equal, results[1][1],
+               results[steps_per_dispatch][1])  # Bit for bit.
 
 
 _DEVICE_EQUIVALENCE_SCRIPT = textwrap.dedent("""

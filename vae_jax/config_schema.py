@@ -33,6 +33,7 @@ ALLOWED_VALUES = {
 RESUME_FREE_KEYS = ("resume_mismatch", "data.manual_dir", "data.tfds_data_dir",
                     "train.num_epochs", "train.num_steps",  # Longer runs continue exactly.
                     "train.log_every_steps", "train.progress_every_seconds",
+                    "train.steps_per_dispatch",
                     "checkpoint_every_steps", "checkpoints_to_keep", "eval.", "figures.")
 
 # Datasets whose pixels are already 0/1; the "static" binarization mode means "use one".
@@ -115,6 +116,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.num_steps = 0  # When > 0, overrides num_epochs.
   # Metrics are fetched from the device (and checked for NaN) this often.
   config.train.log_every_steps = 100
+  # Train steps per dispatch from the host, run in one lax.scan on the device. Results do
+  # not depend on it (each step's batch and key come from its step number); 10 measured
+  # 8-11% faster than 1 for the MLPs on a 2-core CPU (python -m vae_jax.benchmark).
+  config.train.steps_per_dispatch = 10
   # A progress line (steps/s, examples/s, epoch, time left) this often; 0: none.
   config.train.progress_every_seconds = 10.0
   # False: a NaN or inf in the loss or gradients stops the run, naming the step. True:
@@ -228,9 +233,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(is_int_tuple(value), f"config.{key}={value!r} must be a non-empty tuple of "
             f"positive integers, e.g. --config.{key}='(512, 256)'.")
 
-  positive_ints = ("model.latent_dim", "model.top_layer.latent_dim", "model.num_classes", "model.conv.kernel_size",
-                   "model.conv.decoder_initial_side", "loss.num_samples", "train.batch_size",
-                   "train.log_every_steps", "eval.batch_size", "eval.nll_batch_size",
+  positive_ints = ("model.latent_dim", "model.top_layer.latent_dim", "model.num_classes",
+                   "model.conv.kernel_size", "model.conv.decoder_initial_side",
+                   "loss.num_samples", "train.batch_size", "train.log_every_steps",
+                   "train.steps_per_dispatch", "eval.batch_size", "eval.nll_batch_size",
                    "eval.importance_chunk_size", "checkpoints_to_keep", "train.schedule_stages",
                    "figures.manifold_size", "figures.samples_per_class",
                    "figures.interpolation_steps")

@@ -1,0 +1,225 @@
+"""Speed of each shipped config against this machine's matmul roofline.
+
+    python -m vae_jax.benchmark [--configs=mlp,cvae] [--seconds=5] [--json=PATH]
+                                [--steps_per_dispatch=N]
+
+For each config it prints compile time, steady-state train steps/s and examples/s, test
+-ELBO throughput (images/s) and importance-sampled NLL throughput (samples/s), the peak
+memory, and the roofline measured in the same run: the best float32 matmul GFLOP/s of
+this machine, the train step's FLOPs (XLA's cost analysis of the compiled step), the
+step rate they allow, and the fraction of it reached. Data are random uint8 images of
+MNIST's shape held on the device, so nothing is downloaded and only compute is timed.
+"""
+
+import json
+import resource
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from vae_jax import config_schema
+from vae_jax import evaluate
+from vae_jax import models
+from vae_jax import train
+
+# name -> (configs/ file, its arg), the shipped setups.
+CONFIGS = {
+    "mlp": ("mlp", None),
+    "conv": ("conv", None),
+    "mlp2d": ("mlp2d", None),
+    "cvae": ("cvae", None),
+    "iwae": ("iwae", "objective=vae,k=1"),
+    "iwae_k50": ("iwae", "objective=iwae,k=50"),
+    "iwae2_k50": ("iwae", "layers=2,objective=iwae,k=50"),
+}
+_NUM_TRAIN, _NUM_TEST = 60000, 10000
+
+
+def load_config(name: str):
+  """configs/<file>.py's get_config(arg), by path as config_flags does."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  file_name, arg = CONFIGS[name]
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "configs", f"{file_name}.py")
+  spec = importlib.util.spec_from_file_location(f"configs_{file_name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def _timed(fn, seconds: float, min_calls: int = 3) -> tuple[int, float]:
+  """Calls fn() (which blocks) until `seconds` have passed: (calls, elapsed)."""
+  calls, start = 0, time.perf_counter()
+  while calls < min_calls or time.perf_counter() - start < seconds:
+    fn()
+    calls += 1
+  return calls, time.perf_counter() - start
+
+
+def matmul_roofline(repeats: int = 5, seconds: float = 0.2) -> dict:
+  """The best float32 matmul rate in GFLOP/s: square sizes 256-4096, the best of
+  `repeats` timings of `seconds` each (the machine's peak, not a typical rate)."""
+  best = {"gflops": 0.0, "size": 0}
+  matmul = jax.jit(jnp.matmul)
+  for size in (256, 512, 1024, 2048, 4096):
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+    matmul(a, b).block_until_ready()
+    for _ in range(repeats):
+      calls, elapsed = _timed(lambda: matmul(a, b).block_until_ready(), seconds)
+      gflops = 2 * size ** 3 * calls / elapsed / 1e9
+      if gflops > best["gflops"]:
+        best = {"gflops": gflops, "size": size}
+  return best
+
+
+def _peak_memory_mb() -> float:
+  """Peak device memory when the backend reports it (GPU/TPU), else the process's peak RSS."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return stats["peak_bytes_in_use"] / 2 ** 20
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB.
+
+
+def benchmark_config(name: str, roofline_gflops: float, seconds: float,
+                     steps_per_dispatch: int = 0) -> dict:
+  config = load_config(name)
+  if steps_per_dispatch:
+    config.train.steps_per_dispatch = steps_per_dispatch
+  config_schema.validate(config)
+  model = models.get_model(config.model)
+  mesh = train.make_mesh()
+  replicated = NamedSharding(mesh, P())
+  rng = np.random.default_rng(0)
+  dataset = jax.device_put({
+      "image": rng.integers(0, 256, (_NUM_TRAIN, 28, 28, 1), dtype=np.uint8),
+      "label": rng.integers(0, 10, _NUM_TRAIN).astype(np.int32)}, replicated)
+  test = jax.device_put({"image": dataset["image"][:_NUM_TEST],
+                         "label": dataset["label"][:_NUM_TEST]}, replicated)
+  batch_size = config.train.batch_size
+  steps_per_epoch = _NUM_TRAIN // batch_size
+  state = train.replicate(train.create_train_state(model, config, jax.random.key(0),
+                                                   steps_per_epoch), mesh)
+  epoch_indices = jax.device_put(
+      jnp.arange(steps_per_epoch * batch_size, dtype=jnp.int32).reshape(steps_per_epoch, -1),
+      replicated)
+  train_steps = train.make_dataset_train_steps(model, config, mesh, steps_per_epoch)
+  per_dispatch = config.train.steps_per_dispatch
+  rng_train = jax.random.key(1)
+
+  start = time.perf_counter()
+  train_steps.lower(state, dataset, epoch_indices, rng_train, per_dispatch).compile()
+  compile_seconds = time.perf_counter() - start
+  # From the one-step program: XLA's cost analysis counts a scan's body once.
+  cost = train_steps.lower(state, dataset, epoch_indices, rng_train, 1).compile(
+      ).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops_per_step = float(cost["flops"])
+
+  holder = {"state": state}
+
+  def dispatch():
+    holder["state"], metrics = train_steps(holder["state"], dataset, epoch_indices,
+                                           rng_train, per_dispatch)
+    metrics["loss"].block_until_ready()
+
+  dispatch()  # Warm-up: first call's overheads.
+  calls, elapsed = _timed(dispatch, seconds)
+  steps_per_sec = calls * per_dispatch / elapsed
+
+  evaluate_elbo = evaluate.make_elbo_evaluator(model, config, mesh)
+  params = holder["state"].params
+  evaluate_elbo(params, test, jax.random.key(2))
+  calls, elapsed = _timed(lambda: evaluate_elbo(params, test, jax.random.key(2)), seconds, 1)
+  elbo_images_per_sec = calls * _NUM_TEST / elapsed
+
+  # One NLL batch of the config's size, one chunk of samples per example: the unit of
+  # work that config.eval.nll_batch_size and importance_chunk_size size to fit memory.
+  nll_examples, nll_samples = config.eval.nll_batch_size, config.eval.importance_chunk_size
+  nll = evaluate.make_nll_evaluator(model, config, mesh, num_importance_samples=nll_samples)
+  nll_data = jax.device_put({k: v[:nll_examples] for k, v in test.items()}, replicated)
+  nll(params, nll_data, jax.random.key(3))
+  calls, elapsed = _timed(lambda: nll(params, nll_data, jax.random.key(3)), seconds, 1)
+  nll_samples_per_sec = calls * nll_examples * nll_samples / elapsed
+
+  roofline_steps_per_sec = roofline_gflops * 1e9 / flops_per_step
+  return {
+      "config": name,
+      "batch_size": batch_size,
+      "steps_per_dispatch": per_dispatch,
+      "compile_seconds": compile_seconds,
+      "steps_per_sec": steps_per_sec,
+      "examples_per_sec": steps_per_sec * batch_size,
+      "gflops_per_step": flops_per_step / 1e9,
+      "roofline_steps_per_sec": roofline_steps_per_sec,
+      "roofline_fraction": steps_per_sec / roofline_steps_per_sec,
+      "eval_elbo_images_per_sec": elbo_images_per_sec,
+      "nll_samples_per_sec": nll_samples_per_sec,
+      "peak_rss_mb": _peak_memory_mb(),
+  }
+
+
+_COLUMNS = [("config", "config", "{}"), ("batch", "batch_size", "{}"),
+            ("per dispatch", "steps_per_dispatch", "{}"),
+            ("compile s", "compile_seconds", "{:.1f}"), ("steps/s", "steps_per_sec", "{:.1f}"),
+            ("examples/s", "examples_per_sec", "{:.0f}"),
+            ("GFLOP/step", "gflops_per_step", "{:.3f}"),
+            ("roofline steps/s", "roofline_steps_per_sec", "{:.1f}"),
+            ("of roofline", "roofline_fraction", "{:.0%}"),
+            ("-ELBO images/s", "eval_elbo_images_per_sec", "{:.0f}"),
+            ("NLL samples/s", "nll_samples_per_sec", "{:.0f}"),
+            ("peak MB", "peak_rss_mb", "{:.0f}")]
+
+
+def format_table(records: list[dict]) -> str:
+  lines = ["| " + " | ".join(title for title, _, _ in _COLUMNS) + " |",
+           "| " + " | ".join("---" for _ in _COLUMNS) + " |"]
+  for record in records:
+    lines.append("| " + " | ".join(fmt.format(record[key]) for _, key, fmt in _COLUMNS) + " |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  names = [n for n in flags.FLAGS.configs.split(",") if n]
+  unknown = [n for n in names if n not in CONFIGS]
+  if unknown:
+    sys.exit(f"--configs: unknown {', '.join(unknown)}; known: {', '.join(CONFIGS)}.")
+  device = jax.devices()[0]
+  print(f"devices: {jax.device_count()} x {device.device_kind} ({jax.default_backend()}); "
+        f"JAX {jax.__version__}", flush=True)
+  roofline = matmul_roofline()
+  print(f"float32 matmul roofline: {roofline['gflops']:.1f} GFLOP/s "
+        f"(best of square sizes 256-4096, at {roofline['size']})", flush=True)
+  records = []
+  for name in names:
+    record = benchmark_config(name, roofline["gflops"], flags.FLAGS.seconds,
+                              flags.FLAGS.steps_per_dispatch)
+    record.update(matmul_gflops=roofline["gflops"], device=device.device_kind,
+                  backend=jax.default_backend(), device_count=jax.device_count())
+    records.append(record)
+    print(f"  {name}: {record['steps_per_sec']:.1f} steps/s, "
+          f"{record['roofline_fraction']:.0%} of the roofline", flush=True)
+  print(format_table(records))
+  if flags.FLAGS.json:
+    with open(flags.FLAGS.json, "w") as f:
+      json.dump(records, f, indent=2)
+    print(f"Wrote {flags.FLAGS.json}")
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("configs", ",".join(CONFIGS), "Comma-separated names of: "
+                      + ", ".join(CONFIGS) + ".")
+  flags.DEFINE_float("seconds", 5.0, "Timed seconds per measurement.")
+  flags.DEFINE_string("json", "", "Also write the records to this JSON file.")
+  flags.DEFINE_integer("steps_per_dispatch", 0,
+                       "Train steps per dispatch (0: each config's train.steps_per_dispatch).")
+  app.run(main)
