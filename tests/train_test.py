@@ -80,7 +80,8 @@ def test_train_steps_do_not_retrace_across_dispatches():
   for count in (1, 3, 1, 3, 3):
     state, metrics = steps(state, dataset, epoch_indices, jax.random.key(0), count)
     assert metrics["loss"].shape == (count,)
-  assert steps._cache_size() == 2  # One program per dispatch size.  pylint: disable=protected-access
+  # One program per dispatch size.
+  assert steps._cache_size() == 2  # pylint: disable=protected-access
   assert int(state.step) == 11
 
 

@@ -257,7 +257,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(config.train.progress_every_seconds >= 0,
           f"config.train.progress_every_seconds={config.train.progress_every_seconds!r} "
           "must be >= 0 (0: no progress lines).")
-  for key in ("train.learning_rate", "train.adam_eps", "model.init_stddev", "model.gaussian_fixed_variance",
+  for key in ("train.learning_rate", "train.adam_eps", "model.init_stddev",
+              "model.gaussian_fixed_variance",
               "model.gaussian_min_variance"):
     value = _get(config, key)
     require(value > 0, f"config.{key}={value!r} must be > 0.")

@@ -497,9 +497,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         every = config.figures.every_epochs
         if (is_writer and every and not partial and epochs_done % every == 0
             and finished < num_steps):
-          write_figures(workdir, writer, finished, visualize.make_figures(
-              model, jax.device_get(state.params), config, splits["test"], rng_figures, cheap_only=True),
-                        save_png=False)
+          cheap_figures = visualize.make_figures(
+              model, jax.device_get(state.params), config, splits["test"], rng_figures,
+              cheap_only=True)
+          write_figures(workdir, writer, finished, cheap_figures, save_png=False)
         interval_start_time = time.time()  # Steps/s should not count evaluation time.
         reporter.exclude(interval_start_time - evaluation_start)
       elif every_steps and finished % every_steps == 0:
@@ -528,7 +529,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if is_writer:
     # Host parameters: process 0 alone draws, on its own device.
     paths = write_figures(workdir, writer, num_steps, visualize.make_figures(
-        model, jax.device_get(state.params), config, splits["test"], rng_figures, history=history))
+        model, jax.device_get(state.params), config, splits["test"], rng_figures,
+        history=history))
     logging.info("Wrote %d figures to %s.", len(paths), os.path.dirname(paths[0]))
   writer.flush()
   checkpointer.close()
