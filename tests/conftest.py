@@ -71,9 +71,4 @@ def synthetic_splits(num_train=400, num_test=100):
 
 def shipped_config(name: str, arg=None):
   """configs/<name>.py's get_config(arg), loaded by path as config_flags does."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  path = REPO_ROOT / "configs" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_schema.load_shipped(name, arg)

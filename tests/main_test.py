@@ -200,12 +200,8 @@ def test_conditional_model_needs_a_labelled_dataset():
 
 
 def test_shipped_configs_load_locked_and_validate():
-  import importlib.util  # pylint: disable=g-import-not-at-top
   for path in sorted((REPO_ROOT / "configs").glob("*.py")):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_schema.load_shipped(path.stem)
     config.lock()
     config_schema.validate(config)
   for name, arg in [("conv", "short"), ("iwae", "objective=iwae,k=50"),

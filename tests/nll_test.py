@@ -6,42 +6,19 @@ import os
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT, tiny_config
+from tests.linear_models import LinearDecoder, LinearGaussian, gaussian_log_density
 from vae_jax import evaluate
 from vae_jax import losses
 from vae_jax import models
 from vae_jax import train
 
 _DATA_DIM, _LATENT_DIM, _NOISE_VARIANCE = 6, 3, 0.3
-
-
-class _LinearEncoder(nn.Module):
-  """q(z|x) = N(A x + c, diag(exp(logvar))), parameters set by the test."""
-  latent_dim: int = _LATENT_DIM
-
-  @nn.compact
-  def __call__(self, image, condition=None, train=False):
-    x = image.reshape(image.shape[:-3] + (-1,))
-    a = self.param("a", nn.initializers.zeros, (_DATA_DIM, _LATENT_DIM))
-    c = self.param("c", nn.initializers.zeros, (_LATENT_DIM,))
-    logvar = self.param("logvar", nn.initializers.zeros, (_LATENT_DIM,))
-    return x @ a + c, jnp.broadcast_to(logvar, x.shape[:-1] + (_LATENT_DIM,))
-
-
-class _LinearDecoder(nn.Module):
-  """p(x|z) mean W z + b, as a (D, 1, 1) 'image'."""
-
-  @nn.compact
-  def __call__(self, z, train=False):
-    w = self.param("w", nn.initializers.zeros, (_LATENT_DIM, _DATA_DIM))
-    b = self.param("b", nn.initializers.zeros, (_DATA_DIM,))
-    return (z @ w + b).reshape(z.shape[:-1] + (_DATA_DIM, 1, 1))
 
 
 def _linear_gaussian_model():
@@ -60,17 +37,12 @@ def _linear_gaussian_model():
       "encoder": {"a": a, "c": -b @ a, "logvar": np.log(np.diag(posterior_cov))},
       "decoder": {"w": w, "b": b},
   }
-  model = models.VAE(encoder=_LinearEncoder(), decoder=_LinearDecoder(),
+  model = models.VAE(encoder=LinearGaussian(_DATA_DIM, _LATENT_DIM, flatten_image=True),
+                     decoder=LinearDecoder(_LATENT_DIM, _DATA_DIM),
                      head=models.GaussianHead(variance="fixed",
                                               fixed_variance=_NOISE_VARIANCE))
   marginal_cov = w.T @ w + _NOISE_VARIANCE * np.eye(_DATA_DIM)
   return model, jax.tree.map(jnp.asarray, params), b, marginal_cov
-
-
-def _log_marginal(x, b, cov):
-  diff = x - b
-  _, logdet = np.linalg.slogdet(cov)
-  return -0.5 * (diff @ np.linalg.solve(cov, diff) + logdet + _DATA_DIM * np.log(2 * np.pi))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
@@ -92,7 +64,7 @@ def test_exact_posterior_gives_the_exact_log_likelihood_for_any_k(num_samples):
   xs = _samples_from_the_model(b, cov, 5)
   estimates = _estimates(model, params, xs, num_samples, num_samples)
   # Every importance weight equals p(x); float32 round-off only.
-  np.testing.assert_allclose(estimates, [_log_marginal(x, b, cov) for x in xs], rtol=0,
+  np.testing.assert_allclose(estimates, [gaussian_log_density(x, b, cov) for x in xs], rtol=0,
                              atol=2e-4)
 
 
@@ -102,7 +74,7 @@ def test_poorer_posterior_approaches_the_log_likelihood_from_below_as_k_grows():
   params["encoder"]["c"] = params["encoder"]["c"] + 0.3
   params["encoder"]["logvar"] = params["encoder"]["logvar"] + np.log(2.0)
   xs = _samples_from_the_model(b, cov, 200)
-  exact = np.mean([_log_marginal(x, b, cov) for x in xs])
+  exact = np.mean([gaussian_log_density(x, b, cov) for x in xs])
   gaps = {k: exact - float(jnp.mean(_estimates(model, params, xs, k, min(k, 100))))
           for k in (1, 10, 100, 1000)}
   # Jensen: E[log mean w] <= log p(x), and the gap shrinks with k (Burda et al. Thm 1).

@@ -3,13 +3,13 @@ marginal is analytic, shapes of the paper's model, conditioning, and its shipped
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests.conftest import shipped_config, tiny_config
+from tests.linear_models import LinearDecoder, LinearGaussian, gaussian_log_density
 from vae_jax import config_schema
 from vae_jax import evaluate
 from vae_jax import losses
@@ -19,30 +19,6 @@ from vae_jax import train
 # x (4 pixels) <- z1 (2) <- z2 (1), all linear-Gaussian.
 _DATA_DIM, _Z1_DIM, _Z2_DIM = 4, 2, 1
 _Z1_VARIANCE, _X_VARIANCE, _BETA = 0.5, 0.3, 1.5
-
-
-class _LinearGaussian(nn.Module):
-  """inputs -> (inputs @ a + c, logvar), parameters set by the test; flattens images."""
-  in_dim: int
-  latent_dim: int
-
-  @nn.compact
-  def __call__(self, inputs, condition=None, train=False):
-    x = inputs.reshape(inputs.shape[:-3] + (-1,)) if inputs.ndim >= 3 else inputs
-    a = self.param("a", nn.initializers.zeros, (self.in_dim, self.latent_dim))
-    c = self.param("c", nn.initializers.zeros, (self.latent_dim,))
-    logvar = self.param("logvar", nn.initializers.zeros, (self.latent_dim,))
-    return x @ a + c, jnp.broadcast_to(logvar, x.shape[:-1] + (self.latent_dim,))
-
-
-class _LinearDecoder(nn.Module):
-  """The mean of p(x|z1), W z1 + b, as a (D, 1, 1) 'image'."""
-
-  @nn.compact
-  def __call__(self, z1, train=False):
-    w = self.param("w", nn.initializers.zeros, (_Z1_DIM, _DATA_DIM))
-    b = self.param("b", nn.initializers.zeros, (_DATA_DIM,))
-    return (z1 @ w + b).reshape(z1.shape[:-1] + (_DATA_DIM, 1, 1))
 
 
 def _linear_gaussian_hierarchy():
@@ -76,20 +52,14 @@ def _linear_gaussian_hierarchy():
       "decoder": {"w": w, "b": b},
   }
   model = models.TwoLayerVAE(
-      bottom_encoder=_LinearGaussian(_DATA_DIM, _Z1_DIM),
-      top_encoder=_LinearGaussian(_Z1_DIM, _Z2_DIM),
-      top_decoder=_LinearGaussian(_Z2_DIM, _Z1_DIM),
-      decoder=_LinearDecoder(),
+      bottom_encoder=LinearGaussian(_DATA_DIM, _Z1_DIM, flatten_image=True),
+      top_encoder=LinearGaussian(_Z1_DIM, _Z2_DIM),
+      top_decoder=LinearGaussian(_Z2_DIM, _Z1_DIM),
+      decoder=LinearDecoder(_Z1_DIM, _DATA_DIM),
       head=models.GaussianHead(variance="fixed", fixed_variance=_X_VARIANCE))
   x_mean = w.T @ c + b
   x_cov = w.T @ z1_cov @ w + _X_VARIANCE * np.eye(_DATA_DIM)
   return model, jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), params), x_mean, x_cov
-
-
-def _log_marginal(x, mean, cov):
-  diff = x - mean
-  _, logdet = np.linalg.slogdet(cov)
-  return -0.5 * (diff @ np.linalg.solve(cov, diff) + logdet + _DATA_DIM * np.log(2 * np.pi))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
@@ -110,7 +80,7 @@ def test_exact_posteriors_give_the_exact_log_likelihood_for_any_k(num_samples):
   model, params, x_mean, x_cov = _linear_gaussian_hierarchy()
   xs = _data(x_mean, x_cov, 6)
   np.testing.assert_allclose(_estimates(model, params, xs, num_samples),
-                             [_log_marginal(x, x_mean, x_cov) for x in xs], rtol=0, atol=2e-4)
+                             [gaussian_log_density(x, x_mean, x_cov) for x in xs], rtol=0, atol=2e-4)
 
 
 def test_sampled_elbo_of_the_exact_posteriors_is_the_log_likelihood():
@@ -120,7 +90,7 @@ def test_sampled_elbo_of_the_exact_posteriors_is_the_log_likelihood():
   terms = losses.elbo_terms(model, {"params": params},
                             jnp.asarray(x, jnp.float32).reshape(_DATA_DIM, 1, 1), None,
                             jax.random.key(3), likelihood="gaussian", num_samples=20)
-  np.testing.assert_allclose(float(terms["neg_elbo"]), -_log_marginal(x, x_mean, x_cov),
+  np.testing.assert_allclose(float(terms["neg_elbo"]), -gaussian_log_density(x, x_mean, x_cov),
                              rtol=0, atol=2e-4)
   assert float(terms["kl"]) > 0.1  # A real, sampled KL term, not zero by construction.
 
@@ -130,7 +100,7 @@ def test_poorer_posteriors_approach_the_log_likelihood_from_below_as_k_grows():
   params["bottom_encoder"]["c"] = params["bottom_encoder"]["c"] + 0.3
   params["top_encoder"]["logvar"] = params["top_encoder"]["logvar"] + np.log(2.0)
   xs = _data(x_mean, x_cov, 200)
-  exact = np.mean([_log_marginal(x, x_mean, x_cov) for x in xs])
+  exact = np.mean([gaussian_log_density(x, x_mean, x_cov) for x in xs])
   gaps = {k: exact - float(jnp.mean(_estimates(model, params, xs, k)))
           for k in (1, 10, 100, 1000)}
   assert gaps[1] > gaps[10] > gaps[100] > gaps[1000] > 0, gaps

@@ -18,9 +18,9 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vae_jax import config_schema
@@ -42,16 +42,8 @@ _NUM_TRAIN, _NUM_TEST = 60000, 10000
 
 
 def load_config(name: str):
-  """configs/<file>.py's get_config(arg), by path as config_flags does."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  file_name, arg = CONFIGS[name]
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "configs", f"{file_name}.py")
-  spec = importlib.util.spec_from_file_location(f"configs_{file_name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  """The config behind benchmark `name`: configs/<file>.py's get_config(arg)."""
+  return config_schema.load_shipped(*CONFIGS[name])
 
 
 def _timed(fn, seconds: float, min_calls: int = 3) -> tuple[int, float]:
@@ -63,14 +55,15 @@ def _timed(fn, seconds: float, min_calls: int = 3) -> tuple[int, float]:
   return calls, time.perf_counter() - start
 
 
-def matmul_roofline(repeats: int = 5, seconds: float = 0.2) -> dict:
+def matmul_roofline(rng: jax.Array, repeats: int = 5, seconds: float = 0.2) -> dict:
   """The best float32 matmul rate in GFLOP/s: square sizes 256-4096, the best of
   `repeats` timings of `seconds` each (the machine's peak, not a typical rate)."""
   best = {"gflops": 0.0, "size": 0}
   matmul = jax.jit(jnp.matmul)
+  a_key, b_key = jax.random.split(rng)
   for size in (256, 512, 1024, 2048, 4096):
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+    a = jax.random.normal(a_key, (size, size), jnp.float32)
+    b = jax.random.normal(b_key, (size, size), jnp.float32)
     matmul(a, b).block_until_ready()
     for _ in range(repeats):
       calls, elapsed = _timed(lambda: matmul(a, b).block_until_ready(), seconds)
@@ -88,8 +81,10 @@ def _peak_memory_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB.
 
 
-def benchmark_config(name: str, roofline_gflops: float, seconds: float,
+def benchmark_config(name: str, rng: jax.Array, roofline_gflops: float, seconds: float,
                      steps_per_dispatch: int = 0) -> dict:
+  """One record of the table; `rng` makes the data, the parameters and every key."""
+  data_key, init_key, train_key, elbo_key, nll_key = jax.random.split(rng, 5)
   config = load_config(name)
   if steps_per_dispatch:
     config.train.steps_per_dispatch = steps_per_dispatch
@@ -97,28 +92,28 @@ def benchmark_config(name: str, roofline_gflops: float, seconds: float,
   model = models.get_model(config.model)
   mesh = train.make_mesh()
   replicated = NamedSharding(mesh, P())
-  rng = np.random.default_rng(0)
+  image_key, label_key = jax.random.split(data_key)
   dataset = jax.device_put({
-      "image": rng.integers(0, 256, (_NUM_TRAIN, 28, 28, 1), dtype=np.uint8),
-      "label": rng.integers(0, 10, _NUM_TRAIN).astype(np.int32)}, replicated)
+      "image": jax.random.randint(image_key, (_NUM_TRAIN, 28, 28, 1), 0, 256).astype(
+          jnp.uint8),
+      "label": jax.random.randint(label_key, (_NUM_TRAIN,), 0, 10)}, replicated)
   test = jax.device_put({"image": dataset["image"][:_NUM_TEST],
                          "label": dataset["label"][:_NUM_TEST]}, replicated)
   batch_size = config.train.batch_size
   steps_per_epoch = _NUM_TRAIN // batch_size
-  state = train.replicate(train.create_train_state(model, config, jax.random.key(0),
+  state = train.replicate(train.create_train_state(model, config, init_key,
                                                    steps_per_epoch), mesh)
   epoch_indices = jax.device_put(
       jnp.arange(steps_per_epoch * batch_size, dtype=jnp.int32).reshape(steps_per_epoch, -1),
       replicated)
   train_steps = train.make_dataset_train_steps(model, config, mesh, steps_per_epoch)
   per_dispatch = config.train.steps_per_dispatch
-  rng_train = jax.random.key(1)
 
   start = time.perf_counter()
-  train_steps.lower(state, dataset, epoch_indices, rng_train, per_dispatch).compile()
+  train_steps.lower(state, dataset, epoch_indices, train_key, per_dispatch).compile()
   compile_seconds = time.perf_counter() - start
   # From the one-step program: XLA's cost analysis counts a scan's body once.
-  cost = train_steps.lower(state, dataset, epoch_indices, rng_train, 1).compile(
+  cost = train_steps.lower(state, dataset, epoch_indices, train_key, 1).compile(
       ).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops_per_step = float(cost["flops"])
@@ -127,7 +122,7 @@ def benchmark_config(name: str, roofline_gflops: float, seconds: float,
 
   def dispatch():
     holder["state"], metrics = train_steps(holder["state"], dataset, epoch_indices,
-                                           rng_train, per_dispatch)
+                                           train_key, per_dispatch)
     metrics["loss"].block_until_ready()
 
   dispatch()  # Warm-up: first call's overheads.
@@ -136,8 +131,8 @@ def benchmark_config(name: str, roofline_gflops: float, seconds: float,
 
   evaluate_elbo = evaluate.make_elbo_evaluator(model, config, mesh)
   params = holder["state"].params
-  evaluate_elbo(params, test, jax.random.key(2))
-  calls, elapsed = _timed(lambda: evaluate_elbo(params, test, jax.random.key(2)), seconds, 1)
+  evaluate_elbo(params, test, elbo_key)
+  calls, elapsed = _timed(lambda: evaluate_elbo(params, test, elbo_key), seconds, 1)
   elbo_images_per_sec = calls * _NUM_TEST / elapsed
 
   # One NLL batch of the config's size, one chunk of samples per example: the unit of
@@ -145,8 +140,8 @@ def benchmark_config(name: str, roofline_gflops: float, seconds: float,
   nll_examples, nll_samples = config.eval.nll_batch_size, config.eval.importance_chunk_size
   nll = evaluate.make_nll_evaluator(model, config, mesh, num_importance_samples=nll_samples)
   nll_data = jax.device_put({k: v[:nll_examples] for k, v in test.items()}, replicated)
-  nll(params, nll_data, jax.random.key(3))
-  calls, elapsed = _timed(lambda: nll(params, nll_data, jax.random.key(3)), seconds, 1)
+  nll(params, nll_data, nll_key)
+  calls, elapsed = _timed(lambda: nll(params, nll_data, nll_key), seconds, 1)
   nll_samples_per_sec = calls * nll_examples * nll_samples / elapsed
 
   roofline_steps_per_sec = roofline_gflops * 1e9 / flops_per_step
@@ -178,8 +173,11 @@ _COLUMNS = [("config", "config", "{}"), ("batch", "batch_size", "{}"),
             ("peak MB", "peak_rss_mb", "{:.0f}")]
 
 
-def format_table(records: list[dict]) -> str:
-  lines = ["| " + " | ".join(title for title, _, _ in _COLUMNS) + " |",
+def format_report(roofline: dict, records: list[dict]) -> str:
+  """The roofline line, then one table row per record."""
+  lines = [f"float32 matmul roofline: {roofline['gflops']:.1f} GFLOP/s "
+           f"(best of square sizes 256-4096, at {roofline['size']})",
+           "| " + " | ".join(title for title, _, _ in _COLUMNS) + " |",
            "| " + " | ".join("---" for _ in _COLUMNS) + " |"]
   for record in records:
     lines.append("| " + " | ".join(fmt.format(record[key]) for _, key, fmt in _COLUMNS) + " |")
@@ -187,6 +185,7 @@ def format_table(records: list[dict]) -> str:
 
 
 def main(argv):
+  """Logs progress; prints the report (the command's output) at the end."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   names = [n for n in flags.FLAGS.configs.split(",") if n]
@@ -194,25 +193,26 @@ def main(argv):
   if unknown:
     sys.exit(f"--configs: unknown {', '.join(unknown)}; known: {', '.join(CONFIGS)}.")
   device = jax.devices()[0]
-  print(f"devices: {jax.device_count()} x {device.device_kind} ({jax.default_backend()}); "
-        f"JAX {jax.__version__}", flush=True)
-  roofline = matmul_roofline()
-  print(f"float32 matmul roofline: {roofline['gflops']:.1f} GFLOP/s "
-        f"(best of square sizes 256-4096, at {roofline['size']})", flush=True)
+  logging.info("devices: %d x %s (%s); JAX %s", jax.device_count(), device.device_kind,
+               jax.default_backend(), jax.__version__)
+  roofline_key, configs_key = jax.random.split(jax.random.key(0))
+  roofline = matmul_roofline(roofline_key)
+  logging.info("float32 matmul roofline: %.1f GFLOP/s", roofline["gflops"])
   records = []
-  for name in names:
-    record = benchmark_config(name, roofline["gflops"], flags.FLAGS.seconds,
+  for index, name in enumerate(names):
+    record = benchmark_config(name, jax.random.fold_in(configs_key, index),
+                              roofline["gflops"], flags.FLAGS.seconds,
                               flags.FLAGS.steps_per_dispatch)
     record.update(matmul_gflops=roofline["gflops"], device=device.device_kind,
                   backend=jax.default_backend(), device_count=jax.device_count())
     records.append(record)
-    print(f"  {name}: {record['steps_per_sec']:.1f} steps/s, "
-          f"{record['roofline_fraction']:.0%} of the roofline", flush=True)
-  print(format_table(records))
+    logging.info("%s: %.1f steps/s, %.0f%% of the roofline", name, record["steps_per_sec"],
+                 100 * record["roofline_fraction"])
   if flags.FLAGS.json:
     with open(flags.FLAGS.json, "w") as f:
       json.dump(records, f, indent=2)
-    print(f"Wrote {flags.FLAGS.json}")
+    logging.info("Wrote %s", flags.FLAGS.json)
+  print(format_report(roofline, records))
 
 
 if __name__ == "__main__":

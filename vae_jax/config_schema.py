@@ -5,7 +5,9 @@ configs share one set of keys: an override that names a key not listed here is r
 the locked ConfigDict, and `validate(config)` refuses bad values before any work starts.
 """
 
+import importlib.util
 import json
+import os
 
 import ml_collections
 
@@ -177,6 +179,19 @@ def resume_differences(saved: ml_collections.ConfigDict, current: ml_collections
   saved_items, current_items = flat_items(saved), flat_items(current)
   return [(key, saved_items.get(key), value) for key, value in sorted(current_items.items())
           if not key.startswith(RESUME_FREE_KEYS) and saved_items.get(key) != value]
+
+
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "configs")
+
+
+def load_shipped(name: str, arg=None) -> ml_collections.ConfigDict:
+  """configs/<name>.py's get_config(arg), loaded by path as config_flags does."""
+  path = os.path.join(CONFIGS_DIR, f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def load_json(path: str) -> ml_collections.ConfigDict:

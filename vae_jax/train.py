@@ -48,11 +48,7 @@ class ConfigMismatchError(ValueError):
 
 
 class PreemptedError(RuntimeError):
-  """SIGTERM: a checkpoint was saved at `step`; the same command resumes from it."""
-
-  def __init__(self, message: str, step: int):
-    super().__init__(message)
-    self.step = step
+  """SIGTERM: a checkpoint was saved (the message says where); the same command resumes."""
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
@@ -430,7 +426,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # The current epoch's per-step metrics (host floats). A checkpoint saved mid-epoch
   # keeps them, so the epoch's means come out the same after a resume.
-  epoch_metrics = [dict(m) for m in saved_progress.get("epoch_metrics", [])]
+  epoch_metrics = list(saved_progress.get("epoch_metrics", []))
   pending = []
   interval_start_time, interval_start_step = time.time(), start_step
 
@@ -511,8 +507,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         checkpointer.close()
         raise PreemptedError(
             f"Received SIGTERM: saved a checkpoint of step {finished} of {num_steps} to "
-            f"{checkpointer.step_path(finished)}. Run the same command again to resume.",
-            finished)
+            f"{checkpointer.step_path(finished)}. Run the same command again to resume.")
 
   summary = dict(history[-1]) if history else {}
   if config.eval.num_importance_samples and "test" in eval_data:
