@@ -8,6 +8,7 @@ import pytest
 from vae_jax import config_schema
 from vae_jax import losses
 from vae_jax import models
+from vae_jax import train
 
 
 def test_gaussian_kl_matches_monte_carlo_within_4_standard_errors():
@@ -76,6 +77,41 @@ def test_elbo_terms_equal_their_closed_form_parts():
   np.testing.assert_allclose(terms["kl"], kl, rtol=1e-6)
   np.testing.assert_allclose(terms["neg_elbo"], reconstruction + kl, rtol=1e-6)
   np.testing.assert_allclose(terms["loss"], reconstruction + 0.5 * kl, rtol=1e-6)
+
+
+@pytest.mark.parametrize("free_bits", [0.05, 0.5, 5.0])
+def test_free_bits_loss_clamps_each_dimension_of_the_analytic_kl(free_bits):
+  """loss = reconstruction + beta * sum_j max(KL_j, lambda), KL_j in numpy (float64);
+  the reported KL and -ELBO stay the true ones."""
+  model, variables, image = _tiny_model_and_image()
+  rng = jax.random.key(2)
+  terms = losses.elbo_terms(model, variables, image, None, rng, likelihood="bernoulli",
+                            kl_weight=2.0, free_bits=free_bits)
+  mean, logvar = (np.asarray(v, np.float64)
+                  for v in model.apply(variables, image, method=model.encode))
+  kl_per_dim = 0.5 * (np.exp(logvar) + mean ** 2 - 1.0 - logvar)
+  plain = losses.elbo_terms(model, variables, image, None, rng, likelihood="bernoulli")
+  np.testing.assert_allclose(terms["kl"], kl_per_dim.sum(), rtol=1e-5)
+  np.testing.assert_allclose(terms["neg_elbo"], plain["neg_elbo"], rtol=1e-6)
+  expected = float(plain["reconstruction"]) + 2.0 * np.maximum(kl_per_dim, free_bits).sum()
+  np.testing.assert_allclose(terms["loss"], expected, rtol=1e-5)
+  # Dimensions below the threshold get no gradient from the KL term.
+  below = kl_per_dim < free_bits
+  grad = jax.grad(lambda v: losses.free_bits_kl(v, free_bits))(jnp.asarray(kl_per_dim))
+  np.testing.assert_array_equal(np.asarray(grad), np.where(below, 0.0, 1.0))
+
+
+def test_kl_warmup_factor_is_linear_then_one():
+  steps_per_epoch = 50
+  for step, expected in [(0, 0.0), (25, 0.125), (100, 0.5), (199, 0.995), (200, 1.0),
+                         (5000, 1.0)]:
+    factor = train.kl_warmup_factor(jnp.asarray(step, jnp.int32), jnp.asarray(4.0),
+                                    steps_per_epoch)
+    np.testing.assert_allclose(float(factor), expected, rtol=1e-6, err_msg=str(step))
+  # Without warm-up, traced or not, the factor is 1 from the first step.
+  assert train.kl_warmup_factor(jnp.asarray(0, jnp.int32), 0.0, steps_per_epoch) == 1.0
+  assert float(train.kl_warmup_factor(jnp.asarray(0, jnp.int32), jnp.asarray(0.0),
+                                      steps_per_epoch)) == 1.0
 
 
 @pytest.mark.parametrize("num_samples", [1, 4])

@@ -157,7 +157,9 @@ def test_bad_enum_value_names_the_key_and_the_allowed_values(tmp_path):
     ("checkpoint_every_steps", -5, "config.checkpoint_every_steps=-5 must be a non-negative"),
     ("train.progress_every_seconds", -1.0, "config.train.progress_every_seconds=-1.0 must be"),
     ("train.learning_rate_schedule", "cosine", "config.train.learning_rate_schedule='cosine'"),
-    ("loss.kl_weight", -1.0, "config.loss.kl_weight=-1.0 must be >= 0"),
+    ("loss.kl_weight", -1.0, "config.loss.kl_weight=-1.0 must be a number >= 0"),
+    ("loss.kl_warmup_epochs", -2.0, "config.loss.kl_warmup_epochs=-2.0 must be a number >= 0"),
+    ("loss.free_bits", -0.5, "config.loss.free_bits=-0.5 must be a number >= 0"),
 ])
 def test_validate_rejects_bad_values(key, value, expected):
   config = config_schema.default_config()
@@ -180,6 +182,21 @@ def test_wrong_type_on_the_command_line_names_the_key(tmp_path, override, expect
   assert result.returncode != 0
   assert expected in result.stderr
   assert not (tmp_path / "config.json").exists()
+
+
+def test_iwae_refuses_the_elbo_only_loss_options():
+  config = config_schema.default_config()
+  config.loss.objective = "iwae"
+  config.loss.kl_warmup_epochs = 10.0
+  with pytest.raises(ValueError, match=re.escape("config.loss.kl_warmup_epochs=10.0 must be 0.0")):
+    config_schema.validate(config)
+
+
+def test_free_bits_needs_one_stochastic_layer():
+  config = config_schema.default_config()
+  config.model.stochastic_layers, config.loss.free_bits = 2, 0.5
+  with pytest.raises(ValueError, match="config.loss.free_bits=0.5 needs the KL of each"):
+    config_schema.validate(config)
 
 
 def test_static_dataset_requires_static_binarization():

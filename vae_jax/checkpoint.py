@@ -49,12 +49,14 @@ class Checkpointer:
   def step_path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
-  def restore_latest(self, initial_state):
-    """(state, progress, step) of the newest checkpoint that loads; else (initial_state,
-    {}, None). `state` is shaped and sharded like `initial_state`."""
+  def restore_latest(self, initial_state, max_step: int | None = None):
+    """(state, progress, step) of the newest checkpoint that loads (at or before
+    `max_step` if given); else (initial_state, {}, None). `state` is shaped and sharded
+    like `initial_state`."""
     abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, initial_state)
     failed = []
-    for step in sorted(self._manager.all_steps(), reverse=True):
+    steps = [s for s in self._manager.all_steps() if max_step is None or s <= max_step]
+    for step in sorted(steps, reverse=True):
       try:
         state, progress = self._restore(step, abstract_state)
       except Exception as error:  # pylint: disable=broad-except  (any unreadable file)

@@ -103,7 +103,13 @@ def default_config() -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict()
   config.loss.objective = "elbo"
   config.loss.num_samples = 1
-  config.loss.kl_weight = 1.0
+  config.loss.kl_weight = 1.0  # beta: the KL term's weight in the loss ('elbo' only).
+  # KL warm-up: the KL weight rises linearly from 0 to kl_weight over this many epochs.
+  config.loss.kl_warmup_epochs = 0.0
+  # Free bits (Kingma et al. 2016), in nats per latent dimension and example: a dimension
+  # whose KL is below this adds this constant to the loss instead (no gradient to shrink
+  # it further). 0: off. One stochastic layer only (it needs the KL of each dimension).
+  config.loss.free_bits = 0.0
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 100
@@ -141,6 +147,7 @@ def default_config() -> ml_collections.ConfigDict:
   # Cheap figures (reconstructions, samples) go to TensorBoard every this many epochs, from
   # fixed keys so epochs compare; all figures are written at the end. 0: only at the end.
   config.figures.every_epochs = 5
+  config.figures.final = True  # False: no figures at the end (e.g. sweeps after numbers).
   config.figures.manifold_size = 15  # Tiles per side of the 2-D latent manifold.
   config.figures.num_scatter_points = 5000  # Test posterior means in the 2-D scatter.
   config.figures.samples_per_class = 10  # Columns of the conditional class grid.
@@ -277,12 +284,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "model.gaussian_min_variance"):
     value = _get(config, key)
     require(value > 0, f"config.{key}={value!r} must be > 0.")
-  require(config.loss.kl_weight >= 0,
-          f"config.loss.kl_weight={config.loss.kl_weight!r} must be >= 0.")
+  for key in ("loss.kl_weight", "loss.kl_warmup_epochs", "loss.free_bits"):
+    value = _get(config, key)
+    require(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
+            f"config.{key}={value!r} must be a number >= 0.")
   if config.loss.objective == "iwae":
-    require(config.loss.kl_weight == 1.0,
-            f"config.loss.objective='iwae' is a bound on log p(x) and has no KL weight: "
-            f"config.loss.kl_weight={config.loss.kl_weight!r} must be 1.0.")
+    for key, neutral in (("kl_weight", 1.0), ("kl_warmup_epochs", 0.0), ("free_bits", 0.0)):
+      require(config.loss[key] == neutral,
+              f"config.loss.objective='iwae' is a bound on log p(x) without a separate KL "
+              f"term: config.loss.{key}={config.loss[key]!r} must be {neutral}.")
+  require(config.loss.free_bits == 0 or config.model.stochastic_layers == 1,
+          f"config.loss.free_bits={config.loss.free_bits!r} needs the KL of each latent "
+          "dimension, which only config.model.stochastic_layers=1 has analytically; set "
+          "config.loss.free_bits=0.")
   for key in ("train.adam_b1", "train.adam_b2"):
     value = _get(config, key)
     require(0 <= value < 1, f"config.{key}={value!r} must be in [0, 1).")

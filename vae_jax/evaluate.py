@@ -23,7 +23,9 @@ from vae_jax import losses
 
 
 def make_elbo_evaluator(model: nn.Module, config, mesh: jax.sharding.Mesh):
-  """Returns evaluate(params, dataset, rng) -> mean ELBO terms (nats) over the whole split.
+  """Returns evaluate(params, dataset, rng[, weights]) -> mean ELBO terms (nats) over the
+  whole split; `weights` (losses.loss_weights of a run, default this config's) set the
+  `loss` term, so runs with other KL weights share the compiled program.
 
   Batches are sharded over the mesh's "batch" axis. The last partial batch is padded and
   masked, so one compiled program serves every batch. Example i's noise comes from
@@ -34,16 +36,17 @@ def make_elbo_evaluator(model: nn.Module, config, mesh: jax.sharding.Mesh):
   batch_size = -(-config.eval.batch_size // num_devices) * num_devices
   index_sharding = NamedSharding(mesh, P("batch"))
 
-  def batch_sums(params, dataset, indices, mask, rng):
+  def batch_sums(params, dataset, indices, mask, rng, weights):
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, indices)
-    terms = jax.vmap(example_terms, in_axes=(None, 0, 0, 0))(
-        params, dataset["image"][indices], dataset["label"][indices], keys)
+    terms = jax.vmap(example_terms, in_axes=(None, 0, 0, 0, None))(
+        params, dataset["image"][indices], dataset["label"][indices], keys, weights)
     return {name: jnp.sum(jnp.where(mask, value, 0.0)) for name, value in terms.items()}
 
   # Replicated results: every process can read them (multi-host) without a gather.
   batch_sums = jax.jit(batch_sums, out_shardings=NamedSharding(mesh, P()))
 
-  def evaluate(params, dataset, rng) -> dict[str, float]:
+  def evaluate(params, dataset, rng, weights=None) -> dict[str, float]:
+    weights = losses.loss_weights(config) if weights is None else weights
     num_examples = dataset["image"].shape[0]
     totals = None
     for start in range(0, num_examples, batch_size):
@@ -51,7 +54,7 @@ def make_elbo_evaluator(model: nn.Module, config, mesh: jax.sharding.Mesh):
       mask = indices < num_examples
       indices = np.where(mask, indices, 0).astype(np.int32)
       sums = batch_sums(params, dataset, jax.device_put(indices, index_sharding),
-                        jax.device_put(mask, index_sharding), rng)
+                        jax.device_put(mask, index_sharding), rng, weights)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     return {name: float(value) / num_examples for name, value in jax.device_get(totals).items()}
 

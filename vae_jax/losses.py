@@ -22,6 +22,18 @@ def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
   return 0.5 * jnp.sum(jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar, axis=-1)
 
 
+def gaussian_kl_per_dim(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+  """gaussian_kl's terms, one per latent dimension (they sum to it)."""
+  return 0.5 * (jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar)
+
+
+def free_bits_kl(kl_per_dim: jax.Array, free_bits) -> jax.Array:
+  """sum_j max(KL_j, free_bits): a dimension below `free_bits` nats costs that constant,
+  with no gradient pushing it lower (Kingma et al. 2016, per example here, so the loss
+  does not depend on how the batch is split over devices)."""
+  return jnp.sum(jnp.maximum(kl_per_dim, free_bits), axis=-1)
+
+
 def bernoulli_log_likelihood(image: jax.Array, logits: jax.Array) -> jax.Array:
   """log p(x|z) for pixels in [0, 1] under Bernoulli(sigmoid(logits)), summed per image.
 
@@ -89,7 +101,7 @@ def log_likelihood(likelihood: str, image: jax.Array, decoded: dict) -> jax.Arra
 
 
 def elbo_terms(model: nn.Module, variables, image: jax.Array, label, rng: jax.Array, *,
-               likelihood: str, num_samples: int = 1, kl_weight: float = 1.0,
+               likelihood: str, num_samples: int = 1, kl_weight=1.0, free_bits=0.0,
                objective: str = "elbo", train: bool = False,
                dropout_rng: jax.Array | None = None) -> dict[str, jax.Array]:
   """The training terms for ONE example from `num_samples` reparameterized samples.
@@ -99,8 +111,10 @@ def elbo_terms(model: nn.Module, variables, image: jax.Array, label, rng: jax.Ar
   Returns scalars: `reconstruction` (-E_q log p(x|z), averaged over the samples), `kl`
   (analytic when the model gives it, else the samples' mean of log q - log p), `neg_elbo`
   (their sum, the bound in nats) and `loss`, what is minimized: reconstruction +
-  kl_weight * kl for objective 'elbo'; for 'iwae' the negative IWAE bound
-  -logmeanexp_j log w_j over the samples, also returned as `neg_iwae_bound`.
+  kl_weight * kl for objective 'elbo' (with free_bits > 0, kl is free_bits_kl of its
+  dimensions); for 'iwae' the negative IWAE bound -logmeanexp_j log w_j over the samples,
+  also returned as `neg_iwae_bound`. kl_weight and free_bits may be traced (a vmapped
+  sweep gives each model its own).
   """
   eps = jax.random.normal(rng, (num_samples, model.noise_dim), image.dtype)
   rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
@@ -111,8 +125,12 @@ def elbo_terms(model: nn.Module, variables, image: jax.Array, label, rng: jax.Ar
     kl = outputs["kl"]
   else:
     kl = jnp.mean(outputs["log_posterior"] - outputs["log_prior"])
+  kl_penalty = kl
+  # Statically skipped when off, so runs without free bits keep their bits.
+  if "kl_per_dim" in outputs and not (isinstance(free_bits, (int, float)) and free_bits == 0):
+    kl_penalty = jnp.where(free_bits > 0, free_bits_kl(outputs["kl_per_dim"], free_bits), kl)
   terms = {
-      "loss": reconstruction + kl_weight * kl,
+      "loss": reconstruction + kl_weight * kl_penalty,
       "neg_elbo": reconstruction + kl,
       "reconstruction": reconstruction,
       "kl": kl,
@@ -153,27 +171,35 @@ PURPOSE_BINARIZATION = 1
 PURPOSE_DROPOUT = 2
 
 
+def loss_weights(config) -> dict[str, float]:
+  """The loss's numeric knobs as the config gives them (before KL warm-up)."""
+  return {"kl_weight": float(config.loss.kl_weight), "free_bits": float(config.loss.free_bits)}
+
+
 def make_example_terms_fn(model: nn.Module, config, *, train: bool):
-  """fn(params, image_uint8, label, example_key) -> elbo_terms for one dataset example.
+  """fn(params, image_uint8, label, example_key[, weights]) -> elbo_terms for one example.
 
   The config is read here, once; the returned function is pure and meant to be vmapped
   over a batch with one key per example (derived from the example's global index, so the
   result does not depend on how the batch is split over devices). Dropout is on only
-  when `train`; evaluation is deterministic given the key.
+  when `train`; evaluation is deterministic given the key. `weights` ({"kl_weight",
+  "free_bits"}, possibly traced) replaces loss_weights(config), e.g. during KL warm-up.
   """
   likelihood = config.model.likelihood
   binarization = config.data.binarization
   num_samples = config.loss.num_samples
-  kl_weight = config.loss.kl_weight
   objective = config.loss.objective
+  default_weights = loss_weights(config)
 
-  def example_terms(params, image_uint8, label, example_key):
+  def example_terms(params, image_uint8, label, example_key, weights=None):
+    weights = default_weights if weights is None else weights
     image = input_pipeline.to_model_input(
         image_uint8, binarization, jax.random.fold_in(example_key, PURPOSE_BINARIZATION))
     dropout_rng = jax.random.fold_in(example_key, PURPOSE_DROPOUT) if train else None
     return elbo_terms(model, {"params": params}, image, label,
                       jax.random.fold_in(example_key, PURPOSE_REPARAMETERIZATION),
-                      likelihood=likelihood, num_samples=num_samples, kl_weight=kl_weight,
+                      likelihood=likelihood, num_samples=num_samples,
+                      kl_weight=weights["kl_weight"], free_bits=weights["free_bits"],
                       objective=objective, train=train, dropout_rng=dropout_rng)
 
   return example_terms

@@ -103,13 +103,27 @@ def load_run(workdir: str) -> Run:
   return Run(config=config, model=model, params=state.params, step=step, keys=keys)
 
 
-def learning_rate_schedule(config, steps_per_epoch: int):
-  """config.train.learning_rate, constant or as Burda et al. 2015's schedule.
+# Config keys that change only numbers inside the training step, not the program: runs
+# that differ in nothing else can train together as one vmapped program
+# (vae_jax/vectorized.py), each with its own value.
+VECTORIZABLE_KEYS = ("seed", "train.learning_rate", "loss.kl_weight",
+                     "loss.kl_warmup_epochs", "loss.free_bits")
+
+
+def step_hyperparameters(config) -> dict[str, float]:
+  """The step's numeric hyperparameters, as the config gives them."""
+  return {"learning_rate": config.train.learning_rate,
+          "kl_warmup_epochs": config.loss.kl_warmup_epochs,
+          **losses.loss_weights(config)}
+
+
+def learning_rate_schedule(config, steps_per_epoch: int, base=None):
+  """config.train.learning_rate (or `base`), constant or as Burda et al. 2015's schedule.
 
   'iwae': stage i = 0, 1, ... lasts 3^i epochs at learning_rate * 10^(-i/7); after the
   last of `train.schedule_stages` stages the rate stays at that stage's value.
   """
-  base = config.train.learning_rate
+  base = config.train.learning_rate if base is None else base
   if config.train.learning_rate_schedule == "constant":
     return base
   stages = config.train.schedule_stages
@@ -120,32 +134,45 @@ def learning_rate_schedule(config, steps_per_epoch: int):
   return optax.piecewise_constant_schedule(base, boundaries)
 
 
+def make_optimizer(config, steps_per_epoch: int, learning_rate=None):
+  """Adam as the config says; `learning_rate` (possibly traced) replaces the config's."""
+  return optax.adam(learning_rate_schedule(config, steps_per_epoch, learning_rate),
+                    b1=config.train.adam_b1, b2=config.train.adam_b2,
+                    eps=config.train.adam_eps)
+
+
 def create_train_state(model: nn.Module, config, rng_init: jax.Array,
                        steps_per_epoch: int = 1) -> train_state.TrainState:
   """Initializes parameters (from one example's shapes) and Adam."""
   variables = model.init(rng_init, jnp.zeros(models.IMAGE_SHAPE, jnp.float32),
                          jnp.zeros((model.noise_dim,), jnp.float32),
                          jnp.zeros((), jnp.int32))
-  optimizer = optax.adam(learning_rate_schedule(config, steps_per_epoch),
-                         b1=config.train.adam_b1, b2=config.train.adam_b2,
-                         eps=config.train.adam_eps)
   state = train_state.TrainState.create(apply_fn=model.apply, params=variables["params"],
-                                        tx=optimizer)
+                                        tx=make_optimizer(config, steps_per_epoch))
   # A strongly typed step, like the one the train step returns, so step 2 does not retrace.
   return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def kl_warmup_factor(step, warmup_epochs, steps_per_epoch: int):
+  """The KL weight's multiplier at `step`: min(1, step / warm-up steps), 1 without warm-up."""
+  if isinstance(warmup_epochs, (int, float)) and warmup_epochs == 0:
+    return 1.0  # Static, so runs without warm-up keep their bits.
+  warmup_steps = warmup_epochs * steps_per_epoch
+  ramp = step.astype(jnp.float32) / jnp.maximum(warmup_steps, 1e-9)
+  return jnp.where(warmup_steps > 0, jnp.minimum(1.0, ramp), 1.0)
 
 
 def _grads_body(model: nn.Module, config):
   """Per device: (grads, metrics) of the global-batch mean loss, averaged over "batch"."""
   example_terms = losses.make_example_terms_fn(model, config, train=True)
 
-  def loss_fn(params, batch, keys):
-    terms = jax.vmap(example_terms, in_axes=(None, 0, 0, 0))(
-        params, batch["image"], batch["label"], keys)
+  def loss_fn(params, batch, keys, weights):
+    terms = jax.vmap(example_terms, in_axes=(None, 0, 0, 0, None))(
+        params, batch["image"], batch["label"], keys, weights)
     means = jax.tree.map(jnp.mean, terms)
     return means["loss"], means
 
-  def grads_and_metrics(params, batch, step_rng):
+  def grads_and_metrics(params, batch, step_rng, weights):
     local_batch_size = batch["image"].shape[0]
     first_index = jax.lax.axis_index(BATCH_AXIS) * local_batch_size
     global_indices = first_index + jnp.arange(local_batch_size)
@@ -154,7 +181,7 @@ def _grads_body(model: nn.Module, config):
     # the gradient of its own shard's loss (without the cast, shard_map's autodiff would
     # already sum them over devices). Equal shards: their mean is the global-batch mean.
     local_params = jax.lax.pcast(params, BATCH_AXIS, to="varying")
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(local_params, batch, keys)
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(local_params, batch, keys, weights)
     return jax.lax.pmean((grads, metrics), BATCH_AXIS)
 
   return grads_and_metrics
@@ -162,20 +189,30 @@ def _grads_body(model: nn.Module, config):
 
 def make_grads_fn(model: nn.Module, config, mesh: jax.sharding.Mesh):
   """grads_fn(params, batch, step_rng) -> (grads, metrics), jitted and data-parallel."""
-  return jax.jit(jax.shard_map(_grads_body(model, config), mesh=mesh,
-                               in_specs=(P(), P(BATCH_AXIS), P()), out_specs=(P(), P())))
+  grads_and_metrics = _grads_body(model, config)
+  weights = losses.loss_weights(config)
+  return jax.jit(jax.shard_map(
+      lambda params, batch, step_rng: grads_and_metrics(params, batch, step_rng, weights),
+      mesh=mesh, in_specs=(P(), P(BATCH_AXIS), P()), out_specs=(P(), P())))
 
 
-def _train_step_body(model: nn.Module, config):
-  """The per-device step: the step's key is fold_in(rng, state.step)."""
+def train_step_body(model: nn.Module, config, steps_per_epoch: int):
+  """The per-device step(state, batch, rng, hyper): the step's key is fold_in(rng,
+  state.step); `hyper` is step_hyperparameters(config) or, vmapped, traced values."""
   grads_and_metrics = _grads_body(model, config)
   skip_nonfinite = config.train.skip_nonfinite_updates
 
-  def train_step(state: train_state.TrainState, batch, rng: jax.Array):
+  def train_step(state: train_state.TrainState, batch, rng: jax.Array, hyper: dict):
     step_rng = jax.random.fold_in(rng, state.step)
-    grads, metrics = grads_and_metrics(state.params, batch, step_rng)
+    warmup = kl_warmup_factor(state.step, hyper["kl_warmup_epochs"], steps_per_epoch)
+    weights = {"kl_weight": hyper["kl_weight"] * warmup, "free_bits": hyper["free_bits"]}
+    grads, metrics = grads_and_metrics(state.params, batch, step_rng, weights)
     metrics["grad_norm"] = optax.tree.norm(grads)
-    new_state = state.apply_gradients(grads=grads)
+    # The optimizer is built here so that a vmapped sweep can give each model its rate.
+    optimizer = make_optimizer(config, steps_per_epoch, hyper["learning_rate"])
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_state = state.replace(step=state.step + 1, opt_state=opt_state,
+                              params=optax.apply_updates(state.params, updates))
     if skip_nonfinite:
       # A non-finite gradient makes grad_norm non-finite. A skipped update keeps the
       # parameters and Adam's moments but advances the step (and with it the data).
@@ -188,14 +225,17 @@ def _train_step_body(model: nn.Module, config):
   return train_step
 
 
-def make_train_step(model: nn.Module, config, mesh: jax.sharding.Mesh):
+def make_train_step(model: nn.Module, config, mesh: jax.sharding.Mesh,
+                    steps_per_epoch: int = 1):
   """train_step(state, batch, rng) -> (state, metrics), jitted, data-parallel, state donated.
 
   `batch` is a global batch {"image": uint8 (B, 28, 28, 1), "label": (B,)}, split over the
   mesh; `rng` is the run's training key: the step's key is fold_in(rng, state.step).
   """
-  body = _train_step_body(model, config)
-  sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(BATCH_AXIS), P()),
+  body = train_step_body(model, config, steps_per_epoch)
+  hyper = step_hyperparameters(config)
+  sharded = jax.shard_map(lambda state, batch, rng: body(state, batch, rng, hyper),
+                          mesh=mesh, in_specs=(P(), P(BATCH_AXIS), P()),
                           out_specs=(P(), P()))
   return jax.jit(sharded, donate_argnums=0)
 
@@ -211,8 +251,11 @@ def make_dataset_train_steps(model: nn.Module, config, mesh: jax.sharding.Mesh,
   host work in between; metrics come back stacked, (num_steps,) each. Every step's batch
   and key come from its own step number, so the results do not depend on num_steps.
   """
-  sharded_body = jax.shard_map(_train_step_body(model, config), mesh=mesh,
-                               in_specs=(P(), P(BATCH_AXIS), P()), out_specs=(P(), P()))
+  body = train_step_body(model, config, steps_per_epoch)
+  hyper = step_hyperparameters(config)
+  sharded_body = jax.shard_map(lambda state, batch, rng: body(state, batch, rng, hyper),
+                               mesh=mesh, in_specs=(P(), P(BATCH_AXIS), P()),
+                               out_specs=(P(), P()))
 
   def one_step(state, dataset, epoch_indices, rng):
     # Gathered outside shard_map (shard_map's in_specs then split it over the mesh):
@@ -238,7 +281,7 @@ def _next_multiple(step: int, every: int) -> int:
   return (step // every + 1) * every
 
 
-def _check_finite(step_metrics: list[dict], first_step: int, checkpoint_step) -> None:
+def check_finite(step_metrics: list[dict], first_step: int, checkpoint_step) -> None:
   """Raises on the first step with a NaN or inf in its metrics, unless it was skipped."""
   for offset, metrics in enumerate(step_metrics):
     if metrics.get("skipped"):
@@ -254,7 +297,7 @@ def _check_finite(step_metrics: list[dict], first_step: int, checkpoint_step) ->
           f"{kept}.")
 
 
-def _epoch_means(step_metrics: list[dict]) -> dict[str, float]:
+def epoch_means(step_metrics: list[dict]) -> dict[str, float]:
   """Means over the epoch's steps, skipped updates left out (and counted), as float32
   arrays so that metrics restored from a checkpoint's JSON give the same bits."""
   kept = [m for m in step_metrics if not m.get("skipped")]
@@ -265,7 +308,7 @@ def _epoch_means(step_metrics: list[dict]) -> dict[str, float]:
   return means
 
 
-class _SigtermFlag:
+class SigtermFlag:
   """Records SIGTERM instead of dying, so the loop can save a checkpoint first.
 
   With several processes, JAX's preemption sync point (the coordination service relays
@@ -295,7 +338,7 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _write_atomically(path: str, text: str) -> None:
+def write_atomically(path: str, text: str) -> None:
   """A kill mid-write leaves the old file or the new one, never half of one."""
   with open(path + ".tmp", "w") as f:
     f.write(text)
@@ -315,8 +358,8 @@ def read_history(workdir: str, up_to_step: int | None = None) -> list[dict]:
   return [h for h in history if up_to_step is None or h["step"] <= up_to_step]
 
 
-def _write_history(workdir: str, history: list[dict]) -> None:
-  _write_atomically(os.path.join(workdir, HISTORY_FILE),
+def write_history(workdir: str, history: list[dict]) -> None:
+  write_atomically(os.path.join(workdir, HISTORY_FILE),
                     "".join(json.dumps(entry) + "\n" for entry in history))
 
 
@@ -337,6 +380,47 @@ def write_figures(workdir: str, writer, step: int, named_figures: dict, *,
   return paths
 
 
+@dataclasses.dataclass(frozen=True)
+class DeviceData:
+  """A run's data: host splits (for figures), device-resident train and eval splits."""
+  splits: dict
+  train: dict
+  eval: dict  # "validation" and/or "test", the non-empty ones.
+  steps_per_epoch: int
+  num_steps: int
+
+
+def load_device_data(config, mesh: jax.sharding.Mesh) -> DeviceData:
+  """Loads the dataset, puts it on every device of the mesh and counts the steps."""
+  num_devices = mesh.shape[BATCH_AXIS]
+  if config.train.batch_size % num_devices:
+    raise ValueError(f"config.train.batch_size={config.train.batch_size} must be divisible "
+                     f"by the number of devices ({num_devices}).")
+  splits = input_pipeline.load_splits(config.data)
+  replicated = NamedSharding(mesh, P())
+  steps_per_epoch = splits["train"].num_examples // config.train.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"config.train.batch_size={config.train.batch_size} exceeds the "
+                     f"{splits['train'].num_examples} training examples.")
+  return DeviceData(
+      splits=splits, train=input_pipeline.to_device(splits["train"], replicated),
+      eval={name: input_pipeline.to_device(splits[name], replicated)
+            for name in ("validation", "test") if splits[name].num_examples},
+      steps_per_epoch=steps_per_epoch,
+      num_steps=config.train.num_steps or config.train.num_epochs * steps_per_epoch)
+
+
+def dispatch_size(finished: int, steps_per_epoch: int, num_steps: int, config) -> int:
+  """Steps in the next dispatch: train.steps_per_dispatch up to the next step where the
+  host acts (log, checkpoint, epoch end, the end), then single steps: two programs."""
+  every_steps = config.checkpoint_every_steps
+  next_stop = min((finished // steps_per_epoch + 1) * steps_per_epoch, num_steps,
+                  _next_multiple(finished, config.train.log_every_steps),
+                  _next_multiple(finished, every_steps) if every_steps else num_steps)
+  count = config.train.steps_per_dispatch
+  return count if finished + count <= next_stop else 1
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains and evaluates a VAE as `config` says, writing everything under `workdir`.
 
@@ -350,32 +434,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   is_writer = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   checkpointer = checkpoint.Checkpointer(workdir, config.checkpoints_to_keep)
-  _check_same_config(config, workdir, checkpointer.latest_step())
+  check_same_config(config, workdir, checkpointer.latest_step())
   if is_writer:
-    _write_atomically(os.path.join(workdir, "config.json"),
+    write_atomically(os.path.join(workdir, "config.json"),
                       config.to_json_best_effort(indent=2, sort_keys=True))
 
   mesh = make_mesh()
-  num_devices = mesh.shape[BATCH_AXIS]
-  if config.train.batch_size % num_devices:
-    raise ValueError(f"config.train.batch_size={config.train.batch_size} must be divisible "
-                     f"by the number of devices ({num_devices}).")
   keys = run_keys(config.seed)
   rng_init, rng_train, rng_shuffle, rng_eval = (
       keys["init"], keys["train"], keys["shuffle"], keys["eval"])
   rng_figures = keys["figures"]
-
-  splits = input_pipeline.load_splits(config.data)
-  replicated = NamedSharding(mesh, P())
-  train_data = input_pipeline.to_device(splits["train"], replicated)
-  eval_data = {name: input_pipeline.to_device(splits[name], replicated)
-               for name in ("validation", "test") if splits[name].num_examples}
-
-  steps_per_epoch = splits["train"].num_examples // config.train.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"config.train.batch_size={config.train.batch_size} exceeds the "
-                     f"{splits['train'].num_examples} training examples.")
-  num_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
+  data = load_device_data(config, mesh)
+  splits, train_data, eval_data = data.splits, data.train, data.eval
+  steps_per_epoch, num_steps = data.steps_per_epoch, data.num_steps
 
   model = models.get_model(config.model)
   state = replicate(create_train_state(model, config, rng_init, steps_per_epoch), mesh)
@@ -391,7 +462,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # are dropped: the resumed run logs them again.
   history = read_history(workdir, up_to_step=start_step)
   if is_writer:
-    _write_history(workdir, history)
+    write_history(workdir, history)
 
   train_steps = make_dataset_train_steps(model, config, mesh, steps_per_epoch)
   batch_indices = jax.jit(input_pipeline.epoch_batch_indices, static_argnums=(2, 3))
@@ -412,11 +483,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       for name, value in evaluate_elbo(state.params, data, rng_eval).items():
         summary[f"{split}_{name}"] = value
     summary["epoch"] = epoch
-    writer.write_scalars(step, summary)
+    writer.write_scalars(step, dict(summary))  # A copy: the writer is asynchronous.
     summary["step"] = step
     history.append(summary)
     if is_writer:
-      _write_history(workdir, history)
+      write_history(workdir, history)
     logging.info("epoch %g (step %d): train -ELBO %.2f (reconstruction %.2f, KL %.2f); "
                  "test -ELBO %.2f nats%s", epoch, step, summary["train_neg_elbo"],
                  summary["train_reconstruction"], summary["train_kl"],
@@ -439,7 +510,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                for stacked in jax.device_get(pending)
                for i in range(len(stacked["loss"]))]
     finished = interval_start_step + len(fetched)
-    _check_finite(fetched, interval_start_step, checkpoint_step)
+    check_finite(fetched, interval_start_step, checkpoint_step)
     elapsed = time.time() - interval_start_time
     kept = [m for m in fetched if not m.get("skipped")] or fetched
     interval = {name: float(np.mean([m[name] for m in kept])) for name in fetched[0]}
@@ -462,20 +533,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   log_every = config.train.log_every_steps
   epoch_indices, indices_epoch = None, None
   finished = start_step
-  with _SigtermFlag() as sigterm:
+  with SigtermFlag() as sigterm:
     while finished < num_steps:
       epoch = finished // steps_per_epoch
       if indices_epoch != epoch:
         epoch_indices = batch_indices(rng_shuffle, epoch, splits["train"].num_examples,
                                       config.train.batch_size)
         indices_epoch = epoch
-      # Up to the next step where the host acts (log, checkpoint, epoch end, the end), in
-      # dispatches of steps_per_dispatch steps, then single steps: two programs in all.
-      next_stop = min((epoch + 1) * steps_per_epoch, num_steps,
-                      _next_multiple(finished, log_every),
-                      _next_multiple(finished, every_steps) if every_steps else num_steps)
-      count = config.train.steps_per_dispatch
-      count = count if finished + count <= next_stop else 1
+      count = dispatch_size(finished, steps_per_epoch, num_steps, config)
       state, metrics = train_steps(state, train_data, epoch_indices, rng_train, count)
       pending.append(metrics)
       finished += count
@@ -486,7 +551,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         fetch_pending()
       if end_of_epoch:
         evaluation_start = time.time()
-        log_epoch(round(finished / steps_per_epoch, 3), finished, _epoch_means(epoch_metrics))
+        log_epoch(round(finished / steps_per_epoch, 3), finished, epoch_means(epoch_metrics))
         epoch_metrics = []
         save(finished)
         epochs_done, partial = divmod(finished, steps_per_epoch)
@@ -509,30 +574,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             f"Received SIGTERM: saved a checkpoint of step {finished} of {num_steps} to "
             f"{checkpointer.step_path(finished)}. Run the same command again to resume.")
 
-  summary = dict(history[-1]) if history else {}
-  if config.eval.num_importance_samples and "test" in eval_data:
-    result = evaluate.evaluate_params(
-        model, state.params, config, eval_data["test"], mesh, rng_eval,
-        num_importance_samples=config.eval.num_importance_samples)
-    result.update(split="test", step=num_steps)
-    logging.info("%s", evaluate.format_result(result))
-    writer.write_scalars(num_steps, {"test_nll": result["nll_nats"]})
-    summary.update(test_nll_nats=result["nll_nats"], test_nll_stderr=result["nll_stderr"])
-    if is_writer:
-      _write_atomically(os.path.join(workdir, "eval.json"), json.dumps(result, indent=2))
-
-  if is_writer:
-    # Host parameters: process 0 alone draws, on its own device.
-    paths = write_figures(workdir, writer, num_steps, visualize.make_figures(
-        model, jax.device_get(state.params), config, splits["test"], rng_figures,
-        history=history))
-    logging.info("Wrote %d figures to %s.", len(paths), os.path.dirname(paths[0]))
-  writer.flush()
+  summary = finish_run(model, state.params, config, workdir, writer, history, eval_data,
+                       splits["test"], mesh, keys, num_steps)
   checkpointer.close()
   return summary
 
 
-def _check_same_config(config, workdir: str, checkpoint_step: int | None) -> None:
+def finish_run(model: nn.Module, params, config, workdir: str, writer, history: list[dict],
+               eval_data: dict, test_split, mesh, keys: dict, step: int) -> dict:
+  """After the last step: the test NLL (when configured, also to eval.json) and every
+  figure. Returns the last epoch's summary, with the NLL added."""
+  is_writer = jax.process_index() == 0
+  summary = dict(history[-1]) if history else {}
+  if config.eval.num_importance_samples and "test" in eval_data:
+    result = evaluate.evaluate_params(
+        model, params, config, eval_data["test"], mesh, keys["eval"],
+        num_importance_samples=config.eval.num_importance_samples)
+    result.update(split="test", step=step)
+    logging.info("%s", evaluate.format_result(result))
+    writer.write_scalars(step, {"test_nll": result["nll_nats"]})
+    summary.update(test_nll_nats=result["nll_nats"], test_nll_stderr=result["nll_stderr"])
+    if is_writer:
+      write_atomically(os.path.join(workdir, "eval.json"), json.dumps(result, indent=2))
+
+  if is_writer and config.figures.final:
+    # Host parameters: process 0 alone draws, on its own device.
+    paths = write_figures(workdir, writer, step, visualize.make_figures(
+        model, jax.device_get(params), config, test_split, keys["figures"],
+        history=history))
+    logging.info("Wrote %d figures to %s.", len(paths), os.path.dirname(paths[0]))
+  writer.flush()
+  return summary
+
+
+def check_same_config(config, workdir: str, checkpoint_step: int | None) -> None:
   """Refuses to resume a run that was trained with a different config, naming the keys."""
   path = os.path.join(workdir, "config.json")
   if checkpoint_step is None or not os.path.exists(path):

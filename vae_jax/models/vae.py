@@ -120,8 +120,9 @@ class VAE(nn.Module):
     """One example's samples z = mean + std * eps; eps (k, noise_dim) or (noise_dim,).
 
     Returns a dict: `decoded` (the likelihood's parameters per sample), `log_prior`
-    log p(z) and `log_posterior` log q(z|x) per sample, and `kl`, the analytic
-    KL(q(z|x) || p(z)) (one number; the losses prefer it to a sampled estimate).
+    log p(z) and `log_posterior` log q(z|x) per sample, `kl`, the analytic
+    KL(q(z|x) || p(z)) (one number; the losses prefer it to a sampled estimate), and
+    `kl_per_dim`, its terms per latent dimension (for free bits).
     """
     mean, logvar = self.encode(image, label, train=train)
     z = reparameterize(mean, logvar, eps)
@@ -130,4 +131,5 @@ class VAE(nn.Module):
         "log_prior": losses.standard_normal_log_density(z),
         "log_posterior": losses.reparameterized_log_density(eps, logvar),
         "kl": losses.gaussian_kl(mean, logvar),
+        "kl_per_dim": losses.gaussian_kl_per_dim(mean, logvar),
     }
