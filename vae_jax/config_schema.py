@@ -192,13 +192,45 @@ CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
                            "configs")
 
 
-def load_shipped(name: str, arg=None) -> ml_collections.ConfigDict:
-  """configs/<name>.py's get_config(arg), loaded by path as config_flags does."""
-  path = os.path.join(CONFIGS_DIR, f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+def load_module(path: str):
+  """Executes a Python file (a config or a sweep) by path, as config_flags does."""
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f"vae_jax_file_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return module
+
+
+def load_file(path: str, arg=None) -> ml_collections.ConfigDict:
+  """A config file's get_config(arg)."""
+  if not os.path.isfile(path):
+    raise ValueError(f"Config file {path} does not exist (e.g. configs/mlp.py).")
+  return load_module(path).get_config(arg)
+
+
+def load_shipped(name: str, arg=None) -> ml_collections.ConfigDict:
+  """configs/<name>.py's get_config(arg)."""
+  return load_file(os.path.join(CONFIGS_DIR, f"{name}.py"), arg)
+
+
+def override(config: ml_collections.ConfigDict, dotted_key: str, value) -> None:
+  """config.<dotted_key> = value, refusing unknown keys and wrong types with the key named."""
+  *parents, name = dotted_key.split(".")
+  node = config
+  for part in parents:
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      raise ValueError(f"Unknown config key {dotted_key!r}: every key is listed in "
+                       "vae_jax/config_schema.py.")
+    node = node[part]
+  if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+    raise ValueError(f"Unknown config key {dotted_key!r}: every key is listed in "
+                     "vae_jax/config_schema.py.")
+  if isinstance(node[name], tuple) and isinstance(value, list):
+    value = tuple(value)
+  try:
+    node[name] = value
+  except (TypeError, ValueError) as error:
+    raise ValueError(f"config.{dotted_key}={value!r}: {error}") from None
 
 
 def load_json(path: str) -> ml_collections.ConfigDict:

@@ -94,8 +94,21 @@ def _prepare(builder, name: str, manual_dir: str | None) -> None:
         f"match TFDS's registered one). Replace it with the original file.\n{error}") from None
 
 
+_LOADED = {}  # Splits already read by this process (a sweep trains many runs on them).
+
+
 def load_splits(data_config) -> dict[str, Split]:
-  """Returns {'train', 'validation', 'test'} splits of `data_config.name` as numpy."""
+  """Returns {'train', 'validation', 'test'} splits of `data_config.name` as numpy.
+
+  Read once per process and shared: callers must not write into the arrays.
+  """
+  cache_key = (data_config.name, data_config.tfds_data_dir, data_config.validation_size)
+  if cache_key not in _LOADED:
+    _LOADED[cache_key] = _load_splits(data_config)
+  return _LOADED[cache_key]
+
+
+def _load_splits(data_config) -> dict[str, Split]:
   import tensorflow_datasets as tfds  # Heavy (TensorFlow); only needed here.
 
   name = data_config.name
