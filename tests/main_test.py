@@ -160,6 +160,7 @@ def test_bad_enum_value_names_the_key_and_the_allowed_values(tmp_path):
     ("loss.kl_weight", -1.0, "config.loss.kl_weight=-1.0 must be a number >= 0"),
     ("loss.kl_warmup_epochs", -2.0, "config.loss.kl_warmup_epochs=-2.0 must be a number >= 0"),
     ("loss.free_bits", -0.5, "config.loss.free_bits=-0.5 must be a number >= 0"),
+    ("dtype", "float16", "config.dtype='float16' is not one of 'float32', 'bfloat16'"),
 ])
 def test_validate_rejects_bad_values(key, value, expected):
   config = config_schema.default_config()

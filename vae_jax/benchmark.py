@@ -2,6 +2,7 @@
 
     python -m vae_jax.benchmark [--configs=mlp,cvae] [--seconds=5] [--json=PATH]
                                 [--steps_per_dispatch=N]
+    python -m vae_jax.benchmark --vectorized_models=8 [--configs=...]
 
 For each config it prints compile time, steady-state train steps/s and examples/s, test
 -ELBO throughput (images/s) and importance-sampled NLL throughput (samples/s), the peak
@@ -9,6 +10,9 @@ memory, and the roofline measured in the same run: the best float32 matmul GFLOP
 this machine, the train step's FLOPs (XLA's cost analysis of the compiled step), the
 step rate they allow, and the fraction of it reached. Data are random uint8 images of
 MNIST's shape held on the device, so nothing is downloaded and only compute is timed.
+
+With --vectorized_models=K it measures instead, per config, K models trained as one
+vmapped program (a --mode=vectorized sweep) against the same K trained one at a time.
 """
 
 import json
@@ -27,6 +31,7 @@ from vae_jax import config_schema
 from vae_jax import evaluate
 from vae_jax import models
 from vae_jax import train
+from vae_jax import vectorized
 
 # name -> (configs/ file, its arg), the shipped setups.
 CONFIGS = {
@@ -81,6 +86,15 @@ def _peak_memory_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB.
 
 
+def _random_dataset(rng: jax.Array, sharding) -> dict[str, jax.Array]:
+  """MNIST-shaped uint8 images and labels, on the devices."""
+  image_key, label_key = jax.random.split(rng)
+  return jax.device_put({
+      "image": jax.random.randint(image_key, (_NUM_TRAIN, 28, 28, 1), 0, 256).astype(
+          jnp.uint8),
+      "label": jax.random.randint(label_key, (_NUM_TRAIN,), 0, 10)}, sharding)
+
+
 def benchmark_config(name: str, rng: jax.Array, roofline_gflops: float, seconds: float,
                      steps_per_dispatch: int = 0) -> dict:
   """One record of the table; `rng` makes the data, the parameters and every key."""
@@ -89,14 +103,10 @@ def benchmark_config(name: str, rng: jax.Array, roofline_gflops: float, seconds:
   if steps_per_dispatch:
     config.train.steps_per_dispatch = steps_per_dispatch
   config_schema.validate(config)
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, config.dtype)
   mesh = train.make_mesh()
   replicated = NamedSharding(mesh, P())
-  image_key, label_key = jax.random.split(data_key)
-  dataset = jax.device_put({
-      "image": jax.random.randint(image_key, (_NUM_TRAIN, 28, 28, 1), 0, 256).astype(
-          jnp.uint8),
-      "label": jax.random.randint(label_key, (_NUM_TRAIN,), 0, 10)}, replicated)
+  dataset = _random_dataset(data_key, replicated)
   test = jax.device_put({"image": dataset["image"][:_NUM_TEST],
                          "label": dataset["label"][:_NUM_TEST]}, replicated)
   batch_size = config.train.batch_size
@@ -161,6 +171,61 @@ def benchmark_config(name: str, rng: jax.Array, roofline_gflops: float, seconds:
   }
 
 
+def benchmark_vectorized(name: str, num_models: int, rng: jax.Array, seconds: float) -> dict:
+  """Steady-state training throughput of `num_models` models of config `name` trained as
+  one vmapped program (vae_jax/vectorized.py, as --mode=vectorized sweeps do) against
+  the same models trained one after the other (one model's program, as sequential
+  sweeps do): model-steps/s of each, and their ratio."""
+  data_key, init_key, train_key = jax.random.split(rng, 3)
+  config = load_config(name)
+  model = models.get_model(config.model, config.dtype)
+  mesh = train.make_mesh()
+  replicated = NamedSharding(mesh, P())
+  dataset = _random_dataset(data_key, replicated)
+  batch_size, per_dispatch = config.train.batch_size, config.train.steps_per_dispatch
+  steps_per_epoch = _NUM_TRAIN // batch_size
+  epoch_indices = jax.device_put(
+      jnp.arange(steps_per_epoch * batch_size, dtype=jnp.int32).reshape(steps_per_epoch, -1),
+      replicated)
+  init_keys = jax.random.split(init_key, num_models)
+  states = [train.create_train_state(model, config, key, steps_per_epoch) for key in init_keys]
+  train_keys = jax.random.split(train_key, num_models)
+
+  single_steps = train.make_dataset_train_steps(model, config, mesh, steps_per_epoch)
+  holder = {"state": train.replicate(states[0], mesh)}
+
+  def single_dispatch():
+    holder["state"], metrics = single_steps(holder["state"], dataset, epoch_indices,
+                                            train_keys[0], per_dispatch)
+    metrics["loss"].block_until_ready()
+
+  vectorized_steps = vectorized.make_vectorized_train_steps(model, config, mesh,
+                                                            steps_per_epoch)
+  holder["stacked"] = jax.device_put(vectorized.stack_states(states), replicated)
+  hypers = jax.device_put({key: jnp.full((num_models,), value, jnp.float32)
+                           for key, value in train.step_hyperparameters(config).items()},
+                          replicated)
+  all_indices = jax.device_put(jnp.stack([epoch_indices] * num_models), replicated)
+
+  def vectorized_dispatch():
+    holder["stacked"], metrics = vectorized_steps(holder["stacked"], dataset, all_indices,
+                                                  train_keys, hypers, per_dispatch)
+    metrics["loss"].block_until_ready()
+
+  record = {"config": name, "models": num_models, "batch_size": batch_size,
+            "steps_per_dispatch": per_dispatch}
+  for label, dispatch, models_per_step in (("sequential", single_dispatch, 1),
+                                           ("vectorized", vectorized_dispatch, num_models)):
+    start = time.perf_counter()
+    dispatch()  # Compiles.
+    record[f"{label}_first_call_seconds"] = time.perf_counter() - start
+    calls, elapsed = _timed(dispatch, seconds)
+    record[f"{label}_model_steps_per_sec"] = calls * per_dispatch * models_per_step / elapsed
+  record["speedup"] = (record["vectorized_model_steps_per_sec"]
+                       / record["sequential_model_steps_per_sec"])
+  return record
+
+
 _COLUMNS = [("config", "config", "{}"), ("batch", "batch_size", "{}"),
             ("per dispatch", "steps_per_dispatch", "{}"),
             ("compile s", "compile_seconds", "{:.1f}"), ("steps/s", "steps_per_sec", "{:.1f}"),
@@ -184,6 +249,26 @@ def format_report(roofline: dict, records: list[dict]) -> str:
   return "\n".join(lines)
 
 
+_VECTORIZED_COLUMNS = [
+    ("config", "config", "{}"), ("models", "models", "{}"), ("batch", "batch_size", "{}"),
+    ("per dispatch", "steps_per_dispatch", "{}"),
+    ("one at a time: model-steps/s", "sequential_model_steps_per_sec", "{:.1f}"),
+    ("vectorized: model-steps/s", "vectorized_model_steps_per_sec", "{:.1f}"),
+    ("speed-up", "speedup", "{:.2f}x"),
+    ("compile s (one, vectorized)", None, None)]
+
+
+def format_vectorized_report(records: list[dict]) -> str:
+  lines = ["| " + " | ".join(title for title, _, _ in _VECTORIZED_COLUMNS) + " |",
+           "| " + " | ".join("---" for _ in _VECTORIZED_COLUMNS) + " |"]
+  for record in records:
+    cells = [fmt.format(record[key]) for _, key, fmt in _VECTORIZED_COLUMNS if key]
+    cells.append(f"{record['sequential_first_call_seconds']:.1f}, "
+                 f"{record['vectorized_first_call_seconds']:.1f}")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def main(argv):
   """Logs progress; prints the report (the command's output) at the end."""
   if len(argv) > 1:
@@ -196,6 +281,17 @@ def main(argv):
   logging.info("devices: %d x %s (%s); JAX %s", jax.device_count(), device.device_kind,
                jax.default_backend(), jax.__version__)
   roofline_key, configs_key = jax.random.split(jax.random.key(0))
+  if flags.FLAGS.vectorized_models:
+    records = []
+    for index, name in enumerate(names):
+      records.append(benchmark_vectorized(name, flags.FLAGS.vectorized_models,
+                                          jax.random.fold_in(configs_key, index),
+                                          flags.FLAGS.seconds))
+      records[-1].update(device=device.device_kind, backend=jax.default_backend())
+      logging.info("%s: %.2fx", name, records[-1]["speedup"])
+    _write_json(records)
+    print(format_vectorized_report(records))
+    return
   roofline = matmul_roofline(roofline_key)
   logging.info("float32 matmul roofline: %.1f GFLOP/s", roofline["gflops"])
   records = []
@@ -208,11 +304,15 @@ def main(argv):
     records.append(record)
     logging.info("%s: %.1f steps/s, %.0f%% of the roofline", name, record["steps_per_sec"],
                  100 * record["roofline_fraction"])
+  _write_json(records)
+  print(format_report(roofline, records))
+
+
+def _write_json(records: list[dict]) -> None:
   if flags.FLAGS.json:
     with open(flags.FLAGS.json, "w") as f:
       json.dump(records, f, indent=2)
     logging.info("Wrote %s", flags.FLAGS.json)
-  print(format_report(roofline, records))
 
 
 if __name__ == "__main__":
@@ -222,4 +322,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("json", "", "Also write the records to this JSON file.")
   flags.DEFINE_integer("steps_per_dispatch", 0,
                        "Train steps per dispatch (0: each config's train.steps_per_dispatch).")
+  flags.DEFINE_integer("vectorized_models", 0,
+                       "K > 0: instead of the table, K models trained as one vmapped program "
+                       "against one at a time (model-steps/s and the speed-up).")
   app.run(main)

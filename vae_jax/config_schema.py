@@ -28,6 +28,7 @@ ALLOWED_VALUES = {
     "loss.objective": ("elbo", "iwae"),
     "train.learning_rate_schedule": ("constant", "iwae"),
     "resume_mismatch": ("refuse", "allow"),
+    "dtype": ("float32", "bfloat16"),
 }
 
 # Keys that may change when a run is resumed: where things are, how often the loop logs
@@ -48,6 +49,9 @@ def default_config() -> ml_collections.ConfigDict:
   """All keys with neutral defaults (seed 000's MLP VAE on grayscale MNIST)."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # The networks' compute dtype. 'bfloat16' (for GPUs/TPUs; slow on most CPUs) keeps the
+  # parameters, Adam, the sampling and the losses in float32.
+  config.dtype = "float32"
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "mnist"

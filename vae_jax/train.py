@@ -90,7 +90,7 @@ def load_run(workdir: str) -> Run:
     raise ValueError(f"{config_path} does not exist: --workdir must be a directory that "
                      "python -m vae_jax.main trained in.")
   config = config_schema.load_json(config_path)
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, config.dtype)
   keys = run_keys(config.seed)
   checkpointer = checkpoint.Checkpointer(workdir, config.checkpoints_to_keep)
   # Restored onto one device; callers replicate it if they want data parallelism.
@@ -448,7 +448,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   splits, train_data, eval_data = data.splits, data.train, data.eval
   steps_per_epoch, num_steps = data.steps_per_epoch, data.num_steps
 
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, config.dtype)
   state = replicate(create_train_state(model, config, rng_init, steps_per_epoch), mesh)
   state, saved_progress, checkpoint_step = checkpointer.restore_latest(state)
   start_step = int(state.step)

@@ -65,6 +65,14 @@ def _stack(trees: list):
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
+def stack_states(states: list):
+  """One TrainState whose leaves carry a leading model axis (tx and apply_fn, static,
+  are the first state's: the step builds each model's optimizer from its hyperparameters)."""
+  return states[0].replace(step=_stack([s.step for s in states]),
+                           params=_stack([s.params for s in states]),
+                           opt_state=_stack([s.opt_state for s in states]))
+
+
 def _unstack(tree, index: int):
   return jax.tree.map(lambda leaf: leaf[index], tree)
 
@@ -146,16 +154,13 @@ def train_and_evaluate_together(configs: list, workdirs: list[str]) -> list[dict
   replicated = NamedSharding(mesh, P())
   data = train.load_device_data(base, mesh)
   steps_per_epoch, num_steps = data.steps_per_epoch, data.num_steps
-  model = models.get_model(base.model)
+  model = models.get_model(base.model, base.dtype)
   keys = [train.run_keys(config.seed) for config in configs]
   initial = [train.replicate(train.create_train_state(model, base, k["init"], steps_per_epoch),
                              mesh) for k in keys]
   states, saved_progress, start_step = _restore_group(checkpointers, initial)
   start_step = start_step or 0
-  # One TrainState whose leaves carry the model axis (the static tx/apply_fn are shared).
-  stacked = jax.device_put(initial[0].replace(
-      step=_stack([s.step for s in states]), params=_stack([s.params for s in states]),
-      opt_state=_stack([s.opt_state for s in states])), replicated)
+  stacked = jax.device_put(stack_states(states), replicated)
   hypers = jax.device_put({name: jnp.asarray([train.step_hyperparameters(c)[name]
                                               for c in configs], jnp.float32)
                            for name in train.step_hyperparameters(base)}, replicated)

@@ -3,6 +3,7 @@
 import functools
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from vae_jax.models import conv
 from vae_jax.models import mlp
@@ -45,29 +46,36 @@ def _head(model_config) -> nn.Module:
                       min_variance=model_config.gaussian_min_variance)
 
 
-def get_model(model_config) -> VAE | two_layer.TwoLayerVAE:
-  """A pure VAE module for `config.model` (read here, once, outside any jitted code)."""
+def get_model(model_config, dtype: str = "float32") -> VAE | two_layer.TwoLayerVAE:
+  """A pure VAE module for `config.model` (read here, once, outside any jitted code).
+
+  `dtype` (config.dtype) is the dtype of the networks' computation; parameters, the
+  sampling and the losses are float32 whatever it is.
+  """
+  compute_dtype = jnp.dtype(dtype)
   activation = _activation(model_config.activation, model_config.negative_slope)
   kernel_init = KERNEL_INITS[model_config.kernel_init](model_config.init_stddev)
   dropout_rate = model_config.dropout_rate
   if model_config.name == "mlp":
     hidden_dims = tuple(model_config.hidden_dims)
     encoder = mlp.MLPEncoder(hidden_dims, model_config.latent_dim, activation, kernel_init,
-                             dropout_rate)
-    decoder = mlp.MLPDecoder(hidden_dims, IMAGE_SHAPE, activation, kernel_init, dropout_rate)
+                             dropout_rate, compute_dtype)
+    decoder = mlp.MLPDecoder(hidden_dims, IMAGE_SHAPE, activation, kernel_init, dropout_rate,
+                             compute_dtype)
   elif model_config.name == "conv":
     spec = model_config.conv
     encoder = conv.ConvEncoder(
         features=tuple(spec.encoder_features), strides=tuple(spec.encoder_strides),
         kernel_size=spec.kernel_size, latent_dim=model_config.latent_dim,
-        activation=activation, kernel_init=kernel_init, dropout_rate=dropout_rate)
+        activation=activation, kernel_init=kernel_init, dropout_rate=dropout_rate,
+        dtype=compute_dtype)
     decoder = conv.ConvDecoder(
         dense_dims=tuple(spec.decoder_dense_dims), initial_side=spec.decoder_initial_side,
         features=tuple(spec.decoder_features), strides=tuple(spec.decoder_strides),
         kernel_size=spec.kernel_size, image_shape=IMAGE_SHAPE, activation=activation,
         conv_activation=_activation(spec.decoder_conv_activation,
                                     model_config.negative_slope),
-        kernel_init=kernel_init, dropout_rate=dropout_rate)
+        kernel_init=kernel_init, dropout_rate=dropout_rate, dtype=compute_dtype)
   else:
     raise ValueError(f"Unknown config.model.name={model_config.name!r}.")
   num_classes = model_config.num_classes if model_config.conditional else 0
@@ -77,10 +85,10 @@ def get_model(model_config) -> VAE | two_layer.TwoLayerVAE:
     return two_layer.TwoLayerVAE(
         bottom_encoder=encoder,
         top_encoder=mlp.GaussianMLP(top_hidden_dims, top.latent_dim, activation,
-                                    kernel_init, dropout_rate),
+                                    kernel_init, dropout_rate, compute_dtype),
         top_decoder=mlp.GaussianMLP(tuple(reversed(top_hidden_dims)),
                                     model_config.latent_dim, activation, kernel_init,
-                                    dropout_rate),
+                                    dropout_rate, compute_dtype),
         decoder=decoder, head=_head(model_config), num_classes=num_classes)
   return VAE(encoder=encoder, decoder=decoder, head=_head(model_config),
              num_classes=num_classes)

@@ -6,6 +6,7 @@ logvar = 2 * log-std = dense.) Decoder: dense layers up to a small feature map,
 transposed convolutions, then a dense layer to one output per pixel.
 """
 
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -23,6 +24,7 @@ class ConvEncoder(nn.Module):
   activation: Callable[[jax.Array], jax.Array]
   kernel_init: nn.initializers.Initializer
   dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32  # Of the computation; parameters are float32.
 
   @nn.compact
   def __call__(self, image: jax.Array, condition: jax.Array | None = None,
@@ -36,12 +38,14 @@ class ConvEncoder(nn.Module):
       hidden = jnp.concatenate([image, channels], axis=-1)
     for features, stride in zip(self.features, self.strides, strict=True):
       hidden = nn.Conv(features, (self.kernel_size, self.kernel_size), strides=stride,
-                       padding="SAME", kernel_init=self.kernel_init)(hidden)
+                       padding="SAME", kernel_init=self.kernel_init, dtype=self.dtype)(hidden)
       hidden = self.activation(hidden)
       hidden = nn.Dropout(self.dropout_rate, deterministic=not train)(hidden)
     hidden = hidden.reshape(hidden.shape[:-3] + (-1,))
-    mean = nn.Dense(self.latent_dim, kernel_init=self.kernel_init, name="mean")(hidden)
-    logvar = nn.Dense(self.latent_dim, kernel_init=self.kernel_init, name="logvar")(hidden)
+    dense = functools.partial(nn.Dense, kernel_init=self.kernel_init, dtype=self.dtype)
+    # float32 out, whatever the compute dtype: the sampling and the losses stay float32.
+    mean = dense(self.latent_dim, name="mean")(hidden).astype(jnp.float32)
+    logvar = dense(self.latent_dim, name="logvar")(hidden).astype(jnp.float32)
     return mean, logvar
 
 
@@ -61,22 +65,24 @@ class ConvDecoder(nn.Module):
   conv_activation: Callable[[jax.Array], jax.Array]
   kernel_init: nn.initializers.Initializer
   dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32  # Of the computation; parameters are float32.
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = False):
+    dense = functools.partial(nn.Dense, kernel_init=self.kernel_init, dtype=self.dtype)
     hidden = z
     for width in self.dense_dims:
-      hidden = self.activation(nn.Dense(width, kernel_init=self.kernel_init)(hidden))
+      hidden = self.activation(dense(width)(hidden))
     channels = self.dense_dims[-1] // (self.initial_side * self.initial_side)
     hidden = hidden.reshape(z.shape[:-1] + (self.initial_side, self.initial_side, channels))
     for index, (features, stride) in enumerate(zip(self.features, self.strides, strict=True)):
       hidden = nn.ConvTranspose(features, (self.kernel_size, self.kernel_size),
                                 strides=(stride, stride), padding="SAME",
-                                kernel_init=self.kernel_init)(hidden)
+                                kernel_init=self.kernel_init, dtype=self.dtype)(hidden)
       hidden = self.conv_activation(hidden)
       if index < len(self.features) - 1:
         hidden = nn.Dropout(self.dropout_rate, deterministic=not train)(hidden)
     hidden = hidden.reshape(z.shape[:-1] + (-1,))
     num_pixels = math.prod(self.image_shape)
-    output = nn.Dense(num_pixels, kernel_init=self.kernel_init, name="output")(hidden)
+    output = dense(num_pixels, name="output")(hidden).astype(jnp.float32)
     return output.reshape(z.shape[:-1] + tuple(self.image_shape))

@@ -1,21 +1,25 @@
 """Fully connected encoder and decoder (seed 000's MLP VAE, seed 003's 2-D VAE and CVAE)."""
 
+import functools
 import math
 from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from vae_jax.models.vae import join_condition
 
 
 def _gaussian_layers(hidden: jax.Array, module: nn.Module, train: bool):
   """Hidden layers then (mean, logvar), built inside `module`'s compact __call__."""
+  dense = functools.partial(nn.Dense, kernel_init=module.kernel_init, dtype=module.dtype)
   for width in module.hidden_dims:
-    hidden = module.activation(nn.Dense(width, kernel_init=module.kernel_init)(hidden))
+    hidden = module.activation(dense(width)(hidden))
     hidden = nn.Dropout(module.dropout_rate, deterministic=not train)(hidden)
-  mean = nn.Dense(module.latent_dim, kernel_init=module.kernel_init, name="mean")(hidden)
-  logvar = nn.Dense(module.latent_dim, kernel_init=module.kernel_init, name="logvar")(hidden)
+  # float32 out, whatever the compute dtype: the sampling and the losses stay float32.
+  mean = dense(module.latent_dim, name="mean")(hidden).astype(jnp.float32)
+  logvar = dense(module.latent_dim, name="logvar")(hidden).astype(jnp.float32)
   return mean, logvar
 
 
@@ -30,6 +34,7 @@ class GaussianMLP(nn.Module):
   activation: Callable[[jax.Array], jax.Array]
   kernel_init: nn.initializers.Initializer
   dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32  # Of the computation; parameters are float32.
 
   @nn.compact
   def __call__(self, inputs: jax.Array, condition: jax.Array | None = None,
@@ -55,13 +60,15 @@ class MLPDecoder(nn.Module):
   activation: Callable[[jax.Array], jax.Array]
   kernel_init: nn.initializers.Initializer
   dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32  # Of the computation; parameters are float32.
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = False):
+    dense = functools.partial(nn.Dense, kernel_init=self.kernel_init, dtype=self.dtype)
     hidden = z
     for width in reversed(self.hidden_dims):
-      hidden = self.activation(nn.Dense(width, kernel_init=self.kernel_init)(hidden))
+      hidden = self.activation(dense(width)(hidden))
       hidden = nn.Dropout(self.dropout_rate, deterministic=not train)(hidden)
     num_pixels = math.prod(self.image_shape)
-    output = nn.Dense(num_pixels, kernel_init=self.kernel_init, name="output")(hidden)
+    output = dense(num_pixels, name="output")(hidden).astype(jnp.float32)
     return output.reshape(z.shape[:-1] + tuple(self.image_shape))
