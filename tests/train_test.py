@@ -1,5 +1,6 @@
 """The jitted data-parallel train step: learning, determinism, no retrace, device-count invariance."""
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from tests.conftest import REPO_ROOT, synthetic_splits, tiny_config
 from vae_jax import input_pipeline
 from vae_jax import models
+from vae_jax import progress
 from vae_jax import train
 
 
@@ -141,3 +143,35 @@ def test_same_loss_and_gradients_on_1_and_8_devices():
                           env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stdout + result.stderr
   assert "loss on 1 and 8 devices" in result.stdout
+
+
+def test_phase_timer_counts_nested_phases_once(monkeypatch):
+  # perf_counter at each call: start 0; eval 1 .. 10 with figures 3 .. 4 inside;
+  # checkpoints 12 .. 20; finish at 25.
+  clock = iter([0.0, 1.0, 3.0, 4.0, 10.0, 12.0, 20.0, 25.0])
+  monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+  timer = progress.PhaseTimer(imports_seconds=5.0)
+  with timer.phase("eval"):
+    with timer.phase("figures"):
+      pass
+  with timer.phase("checkpoints"):
+    pass
+  seconds = timer.finish()
+  assert seconds["figures"] == 1.0 and seconds["eval"] == 8.0
+  assert seconds["checkpoints"] == 8.0
+  assert seconds["train"] == 25.0 - 17.0  # The rest of the 25 s.
+  assert seconds["total"] == 30.0
+
+
+def test_a_run_writes_its_time_by_phase(tmp_path, monkeypatch):
+  monkeypatch.setattr(input_pipeline, "load_splits", lambda data_config: synthetic_splits())
+  config = tiny_config()
+  config.figures.final = True
+  train.train_and_evaluate(config, str(tmp_path), imports_seconds=1.5)
+  seconds = json.loads((tmp_path / "timings.json").read_text())
+  assert set(seconds) == set(progress.PhaseTimer.PHASES) | {"total"}
+  assert seconds["imports"] == 1.5
+  for phase in ("data", "compile", "train", "eval", "figures", "checkpoints"):
+    assert seconds[phase] > 0, phase
+  np.testing.assert_allclose(sum(seconds[p] for p in progress.PhaseTimer.PHASES),
+                             seconds["total"], rtol=1e-9)

@@ -6,6 +6,10 @@ The same command on the same workdir resumes from its latest checkpoint. On SIGT
 run saves a checkpoint and exits with status 143 (128 + SIGTERM).
 """
 
+import time
+
+_START = time.perf_counter()  # Before the heavy imports, which the run's timings report.
+
 import signal
 import sys
 
@@ -58,7 +62,8 @@ def main(argv):
   logging.info("JAX process %d of %d; devices: %s", jax.process_index(),
                jax.process_count(), jax.devices())
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                             imports_seconds=time.perf_counter() - _START)
   except train.PreemptedError as preempted:
     print(preempted, file=sys.stderr)
     sys.exit(128 + signal.SIGTERM)

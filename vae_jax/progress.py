@@ -85,3 +85,52 @@ class Progress:
       parts += [f"{self._rate:.1f} steps/s", f"{self._rate * self.batch_size:.0f} examples/s",
                 f"{format_seconds((self.total_steps - step) / self._rate)} left"]
     return ", ".join(parts)
+
+
+class PhaseTimer:
+  """Wall time by phase of a run (data, compile, eval, figures, checkpoints; the rest of
+  the loop is training), logged and written to workdir/timings.json at the end.
+
+      with timer.phase("eval"):
+        ...
+  """
+  PHASES = ("imports", "data", "compile", "train", "eval", "figures", "checkpoints")
+
+  def __init__(self, imports_seconds: float | None = None):
+    self._start = time.perf_counter()
+    self.seconds = {phase: 0.0 for phase in self.PHASES}
+    self.seconds["imports"] = imports_seconds or 0.0
+    self._open = None
+
+  class _Phase:
+    def __init__(self, timer, name):
+      self.timer, self.name = timer, name
+
+    def __enter__(self):
+      self.outer = self.timer._open  # pylint: disable=protected-access
+      self.timer._open = self.name  # pylint: disable=protected-access
+      self.start = time.perf_counter()
+
+    def __exit__(self, *exc_info):
+      elapsed = time.perf_counter() - self.start
+      self.timer.seconds[self.name] += elapsed
+      if self.outer is not None:  # A nested phase is not counted twice.
+        self.timer.seconds[self.outer] -= elapsed
+      self.timer._open = self.outer  # pylint: disable=protected-access
+
+  def phase(self, name: str):
+    return self._Phase(self, name)
+
+  def finish(self) -> dict[str, float]:
+    """The seconds by phase; 'train' is the time not in any other phase since the start."""
+    elapsed = time.perf_counter() - self._start
+    others = sum(v for k, v in self.seconds.items() if k not in ("imports", "train"))
+    self.seconds["train"] = elapsed - others
+    self.seconds["total"] = elapsed + self.seconds["imports"]
+    return dict(self.seconds)
+
+  @staticmethod
+  def format(seconds: dict[str, float]) -> str:
+    parts = [f"{phase} {seconds[phase]:.1f} s" for phase in PhaseTimer.PHASES
+             if seconds.get(phase)]
+    return f"time by phase: {', '.join(parts)}; total {format_seconds(seconds['total'])}"

@@ -421,7 +421,8 @@ def dispatch_size(finished: int, steps_per_epoch: int, num_steps: int, config) -
   return count if finished + count <= next_stop else 1
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       imports_seconds: float | None = None) -> dict[str, float]:
   """Trains and evaluates a VAE as `config` says, writing everything under `workdir`.
 
   Resumes from the workdir's latest good checkpoint, continuing with the same data order
@@ -429,7 +430,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   uninterrupted one. Returns the final epoch's metrics (train and test -ELBO parts, in
   nats per example), and the test NLL when config.eval.num_importance_samples > 0 (also
   written to eval.json). Raises PreemptedError after saving a checkpoint on SIGTERM.
+  The time by phase (with `imports_seconds`, the caller's start-up) is logged at the end
+  and written to timings.json.
   """
+  timer = progress.PhaseTimer(imports_seconds)
   config_schema.validate(config)
   is_writer = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -444,13 +448,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   rng_init, rng_train, rng_shuffle, rng_eval = (
       keys["init"], keys["train"], keys["shuffle"], keys["eval"])
   rng_figures = keys["figures"]
-  data = load_device_data(config, mesh)
+  with timer.phase("data"):
+    data = load_device_data(config, mesh)
   splits, train_data, eval_data = data.splits, data.train, data.eval
   steps_per_epoch, num_steps = data.steps_per_epoch, data.num_steps
 
   model = models.get_model(config.model, config.dtype)
   state = replicate(create_train_state(model, config, rng_init, steps_per_epoch), mesh)
-  state, saved_progress, checkpoint_step = checkpointer.restore_latest(state)
+  with timer.phase("checkpoints"):
+    state, saved_progress, checkpoint_step = checkpointer.restore_latest(state)
   start_step = int(state.step)
   if start_step >= num_steps:
     logging.info("The checkpoint in %s is at step %d of %d: nothing left to train.",
@@ -479,9 +485,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def log_epoch(epoch, step, train_means):
     summary = {f"train_{name}": value for name, value in train_means.items()}
-    for split, data in eval_data.items():
-      for name, value in evaluate_elbo(state.params, data, rng_eval).items():
-        summary[f"{split}_{name}"] = value
+    with timer.phase("eval"):
+      for split, split_data in eval_data.items():
+        for name, value in evaluate_elbo(state.params, split_data, rng_eval).items():
+          summary[f"{split}_{name}"] = value
     summary["epoch"] = epoch
     writer.write_scalars(step, dict(summary))  # A copy: the writer is asynchronous.
     summary["step"] = step
@@ -526,13 +533,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def save(step):
     nonlocal checkpoint_step
     fetch_pending()  # Never saves a state whose metrics were not checked.
-    checkpointer.save(step, state, {"epoch_metrics": epoch_metrics})
+    with timer.phase("checkpoints"):
+      checkpointer.save(step, state, {"epoch_metrics": epoch_metrics})
     checkpoint_step = step
 
   every_steps = config.checkpoint_every_steps
   log_every = config.train.log_every_steps
   epoch_indices, indices_epoch = None, None
   finished = start_step
+  compiled_sizes = set()
   with SigtermFlag() as sigterm:
     while finished < num_steps:
       epoch = finished // steps_per_epoch
@@ -541,7 +550,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                       config.train.batch_size)
         indices_epoch = epoch
       count = dispatch_size(finished, steps_per_epoch, num_steps, config)
-      state, metrics = train_steps(state, train_data, epoch_indices, rng_train, count)
+      if count in compiled_sizes:
+        state, metrics = train_steps(state, train_data, epoch_indices, rng_train, count)
+      else:  # The first call of each program compiles it.
+        with timer.phase("compile"):
+          state, metrics = train_steps(state, train_data, epoch_indices, rng_train, count)
+          jax.block_until_ready(metrics)
+        compiled_sizes.add(count)
       pending.append(metrics)
       finished += count
       reporter.update(finished)
@@ -558,10 +573,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         every = config.figures.every_epochs
         if (is_writer and every and not partial and epochs_done % every == 0
             and finished < num_steps):
-          cheap_figures = visualize.make_figures(
-              model, jax.device_get(state.params), config, splits["test"], rng_figures,
-              cheap_only=True)
-          write_figures(workdir, writer, finished, cheap_figures, save_png=False)
+          with timer.phase("figures"):
+            cheap_figures = visualize.make_figures(
+                model, jax.device_get(state.params), config, splits["test"], rng_figures,
+                cheap_only=True)
+            write_figures(workdir, writer, finished, cheap_figures, save_png=False)
         interval_start_time = time.time()  # Steps/s should not count evaluation time.
         reporter.exclude(interval_start_time - evaluation_start)
       elif every_steps and finished % every_steps == 0:
@@ -575,17 +591,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             f"{checkpointer.step_path(finished)}. Run the same command again to resume.")
 
   summary = finish_run(model, state.params, config, workdir, writer, history, eval_data,
-                       splits["test"], mesh, keys, num_steps)
+                       splits["test"], mesh, keys, num_steps, timer)
   checkpointer.close()
+  seconds = timer.finish()
+  logging.info("%s", progress.PhaseTimer.format(seconds))
+  if is_writer:
+    write_atomically(os.path.join(workdir, "timings.json"), json.dumps(seconds, indent=2))
   return summary
 
 
 def finish_run(model: nn.Module, params, config, workdir: str, writer, history: list[dict],
-               eval_data: dict, test_split, mesh, keys: dict, step: int) -> dict:
+               eval_data: dict, test_split, mesh, keys: dict, step: int,
+               timer: progress.PhaseTimer | None = None) -> dict:
   """After the last step: the test NLL (when configured, also to eval.json) and every
   figure. Returns the last epoch's summary, with the NLL added."""
+  timer = timer or progress.PhaseTimer()
   is_writer = jax.process_index() == 0
   summary = dict(history[-1]) if history else {}
+  with timer.phase("eval"):
+    _final_nll(model, params, config, workdir, writer, eval_data, mesh, keys, step, summary)
+  with timer.phase("figures"):
+    if is_writer and config.figures.final:
+      # Host parameters: process 0 alone draws, on its own device.
+      paths = write_figures(workdir, writer, step, visualize.make_figures(
+          model, jax.device_get(params), config, test_split, keys["figures"],
+          history=history))
+      logging.info("Wrote %d figures to %s.", len(paths), os.path.dirname(paths[0]))
+  writer.flush()
+  return summary
+
+
+def _final_nll(model, params, config, workdir, writer, eval_data, mesh, keys, step,
+               summary):
+  """The test NLL when config.eval.num_importance_samples > 0: logged, added to
+  `summary`, written to eval.json."""
+  is_writer = jax.process_index() == 0
   if config.eval.num_importance_samples and "test" in eval_data:
     result = evaluate.evaluate_params(
         model, params, config, eval_data["test"], mesh, keys["eval"],
@@ -596,15 +636,6 @@ def finish_run(model: nn.Module, params, config, workdir: str, writer, history: 
     summary.update(test_nll_nats=result["nll_nats"], test_nll_stderr=result["nll_stderr"])
     if is_writer:
       write_atomically(os.path.join(workdir, "eval.json"), json.dumps(result, indent=2))
-
-  if is_writer and config.figures.final:
-    # Host parameters: process 0 alone draws, on its own device.
-    paths = write_figures(workdir, writer, step, visualize.make_figures(
-        model, jax.device_get(params), config, test_split, keys["figures"],
-        history=history))
-    logging.info("Wrote %d figures to %s.", len(paths), os.path.dirname(paths[0]))
-  writer.flush()
-  return summary
 
 
 def check_same_config(config, workdir: str, checkpoint_step: int | None) -> None:
