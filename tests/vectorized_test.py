@@ -105,3 +105,23 @@ def test_configs_that_need_different_programs_are_refused():
   configs[1].model.latent_dim = 8
   with pytest.raises(ValueError, match="differ in model.latent_dim"):
     vectorized.check_vectorizable(configs)
+
+
+def test_a_group_resumes_where_it_stopped(trained, tmp_path, monkeypatch):
+  """Stopped at step 30 (mid-epoch), then run again to step 53: the same end as the
+  group trained straight through, bit for bit."""
+  monkeypatch.setattr(input_pipeline, "load_splits", lambda data_config: synthetic_splits())
+  _, together, _, _ = trained
+  configs = [_config(*point) for point in _POINTS[:2]]
+  workdirs = [str(tmp_path / f"run_{i}") for i in range(2)]
+  for config in configs:
+    config.train.num_steps = 30
+  vectorized.train_and_evaluate_together(configs, workdirs)
+  for config in configs:
+    config.train.num_steps = 53
+  vectorized.train_and_evaluate_together(configs, workdirs)
+  for workdir, straight in zip(workdirs, together[:2]):
+    step, params = _params(workdir)
+    assert step == 53
+    jax.tree.map(np.testing.assert_array_equal, params, _params(straight)[1])
+    assert [h["step"] for h in _history(workdir)] == [25, 30, 50, 53]
