@@ -57,3 +57,21 @@ def test_evaluation_of_a_ragged_split_compiles_once(kind):
     evaluator = evaluate.make_nll_evaluator(model, config, mesh, num_importance_samples=3)
   evaluator(params, dataset, jax.random.key(1))  # 1000 = 3 full batches of 300 + 100.
   assert evaluator.jitted._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_vectorized_benchmark_prints_model_steps_and_their_ratio(tmp_path):
+  path = tmp_path / "vectorized.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "vae_jax.benchmark", "--configs=iwae", "--seconds=0.2",
+       "--vectorized_models=3", f"--json={path}"], cwd=REPO_ROOT, capture_output=True,
+      text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-5000:]
+  assert "| config | models | batch | per dispatch | one at a time: model-steps/s |" in (
+      result.stdout)
+  [record] = json.loads(path.read_text())
+  assert record["config"] == "iwae" and record["models"] == 3
+  assert record["sequential_model_steps_per_sec"] > 0
+  np.testing.assert_allclose(record["speedup"], record["vectorized_model_steps_per_sec"]
+                             / record["sequential_model_steps_per_sec"], rtol=1e-9)
+  assert f"| iwae | 3 | 20 | 10 | {record['sequential_model_steps_per_sec']:.1f} |" in (
+      result.stdout)

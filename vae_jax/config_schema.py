@@ -142,8 +142,11 @@ def default_config() -> ml_collections.ConfigDict:
   config.eval.batch_size = 1000
   # Importance-sampled test NLL at the end of training (0: off; the literature uses 5000).
   config.eval.num_importance_samples = 0
-  config.eval.nll_batch_size = 100  # Examples per NLL batch ...
-  config.eval.importance_chunk_size = 1000  # ... times samples per chunk bounds the memory.
+  # Examples per NLL batch times samples per chunk: the samples decoded at once. 10,000
+  # kept the logits in cache: 1.7x the speed of 100,000 for configs/iwae.py on a 2-core
+  # CPU (README, "Performance"); a larger model may want fewer.
+  config.eval.nll_batch_size = 20
+  config.eval.importance_chunk_size = 500
 
   config.figures = ml_collections.ConfigDict()
   config.figures.num_reconstructions = 10

@@ -318,6 +318,7 @@ def main(argv):
   """python -m vae_jax.evaluate --workdir=DIR: the NLL and -ELBO of a run -> DIR/eval.json."""
   from vae_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from vae_jax import classifier  # pylint: disable=g-import-not-at-top
+  from vae_jax import config_schema  # pylint: disable=g-import-not-at-top
   from vae_jax import train  # pylint: disable=g-import-not-at-top  (train imports this module)
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -328,6 +329,11 @@ def main(argv):
       raise ValueError(f"--num_importance_samples={flags.FLAGS.num_importance_samples} "
                        "must be >= 0 (0: skip the NLL).")
     run = train.load_run(workdir)
+    config = run.config.copy_and_resolve_references()  # Unlocked: the sizes may change.
+    for key in ("nll_batch_size", "importance_chunk_size"):
+      if flags.FLAGS[key].value:  # Speed and memory only: the estimate stays the same.
+        config.eval[key] = flags.FLAGS[key].value
+    config_schema.validate(config)
     split = input_pipeline.load_splits(run.config.data)[flags.FLAGS.split]
     if flags.FLAGS.num_examples:
       split = input_pipeline.Split(split.images[:flags.FLAGS.num_examples],
@@ -340,7 +346,7 @@ def main(argv):
   mesh = train.make_mesh()
   replicated = NamedSharding(mesh, P())
   result = evaluate_params(
-      run.model, train.replicate(run.params, mesh), run.config,
+      run.model, train.replicate(run.params, mesh), config,
       input_pipeline.to_device(split, replicated), mesh, run.keys["eval"],
       num_importance_samples=flags.FLAGS.num_importance_samples)
   result.update(split=flags.FLAGS.split, step=run.step)
@@ -369,6 +375,11 @@ if __name__ == "__main__":
                        "Samples k of q(z|x) per example (5000 is the literature's standard; "
                        "0 skips the NLL).")
   flags.DEFINE_enum("split", "test", ["test", "validation"], "Split to evaluate.")
+  flags.DEFINE_integer("nll_batch_size", 0, "Examples per NLL batch (0: the run's "
+                       "config.eval.nll_batch_size); with importance_chunk_size it sets "
+                       "speed and memory, not the estimate.")
+  flags.DEFINE_integer("importance_chunk_size", 0,
+                       "Samples per chunk (0: the run's config.eval.importance_chunk_size).")
   flags.DEFINE_integer("num_examples", 0, "Evaluate the first N examples only (0: all).")
   flags.DEFINE_integer("label_fidelity_samples", 1000,
                        "Conditional models: samples per class scored by the classifier.")
