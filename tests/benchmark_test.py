@@ -14,13 +14,17 @@ from vae_jax import models
 from vae_jax import train
 
 
+def _run_benchmark(*flags):
+  result = subprocess.run([sys.executable, "-m", "vae_jax.benchmark", *flags], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-5000:]
+  return result
+
+
 def test_benchmark_prints_a_table_and_writes_json_records(tmp_path):
   path = tmp_path / "bench.json"
-  result = subprocess.run(
-      [sys.executable, "-m", "vae_jax.benchmark", "--configs=mlp2d", "--seconds=0.2",
-       "--steps_per_dispatch=5", f"--json={path}"], cwd=REPO_ROOT, capture_output=True,
-      text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-5000:]
+  result = _run_benchmark("--configs=mlp2d", "--seconds=0.2", "--steps_per_dispatch=5",
+                          f"--json={path}")
   assert "float32 matmul roofline:" in result.stdout
   assert "| config | batch | per dispatch |" in result.stdout
   [record] = json.loads(path.read_text())
@@ -61,11 +65,8 @@ def test_evaluation_of_a_ragged_split_compiles_once(kind):
 
 def test_vectorized_benchmark_prints_model_steps_and_their_ratio(tmp_path):
   path = tmp_path / "vectorized.json"
-  result = subprocess.run(
-      [sys.executable, "-m", "vae_jax.benchmark", "--configs=iwae", "--seconds=0.2",
-       "--vectorized_models=3", f"--json={path}"], cwd=REPO_ROOT, capture_output=True,
-      text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-5000:]
+  result = _run_benchmark("--configs=iwae", "--seconds=0.2", "--vectorized_models=3",
+                          f"--json={path}")
   assert "| config | models | batch | per dispatch | one at a time: model-steps/s |" in (
       result.stdout)
   [record] = json.loads(path.read_text())
