@@ -202,8 +202,7 @@ def benchmark_vectorized(name: str, num_models: int, rng: jax.Array, seconds: fl
   vectorized_steps = vectorized.make_vectorized_train_steps(model, config, mesh,
                                                             steps_per_epoch)
   holder["stacked"] = jax.device_put(vectorized.stack_states(states), replicated)
-  hypers = jax.device_put({key: jnp.full((num_models,), value, jnp.float32)
-                           for key, value in train.step_hyperparameters(config).items()},
+  hypers = jax.device_put(vectorized.stack_hyperparameters([config] * num_models),
                           replicated)
   all_indices = jax.device_put(jnp.stack([epoch_indices] * num_models), replicated)
 

@@ -224,14 +224,12 @@ def override(config: ml_collections.ConfigDict, dotted_key: str, value) -> None:
   """config.<dotted_key> = value, refusing unknown keys and wrong types with the key named."""
   *parents, name = dotted_key.split(".")
   node = config
-  for part in parents:
+  for depth, part in enumerate(parents + [name]):
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
       raise ValueError(f"Unknown config key {dotted_key!r}: every key is listed in "
                        "vae_jax/config_schema.py.")
-    node = node[part]
-  if not isinstance(node, ml_collections.ConfigDict) or name not in node:
-    raise ValueError(f"Unknown config key {dotted_key!r}: every key is listed in "
-                     "vae_jax/config_schema.py.")
+    if depth < len(parents):
+      node = node[part]
   if isinstance(node[name], tuple) and isinstance(value, list):
     value = tuple(value)
   try:

@@ -9,6 +9,7 @@ clu's `periodic_actions.ReportProgress` reports steps/s and an ETA but not examp
 epochs, and draws no bar, hence this small class.
 """
 
+import contextlib
 import sys
 import time
 
@@ -102,24 +103,18 @@ class PhaseTimer:
     self.seconds["imports"] = imports_seconds or 0.0
     self._open = None
 
-  class _Phase:
-    def __init__(self, timer, name):
-      self.timer, self.name = timer, name
-
-    def __enter__(self):
-      self.outer = self.timer._open  # pylint: disable=protected-access
-      self.timer._open = self.name  # pylint: disable=protected-access
-      self.start = time.perf_counter()
-
-    def __exit__(self, *exc_info):
-      elapsed = time.perf_counter() - self.start
-      self.timer.seconds[self.name] += elapsed
-      if self.outer is not None:  # A nested phase is not counted twice.
-        self.timer.seconds[self.outer] -= elapsed
-      self.timer._open = self.outer  # pylint: disable=protected-access
-
+  @contextlib.contextmanager
   def phase(self, name: str):
-    return self._Phase(self, name)
+    outer, self._open = self._open, name
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      elapsed = time.perf_counter() - start
+      self.seconds[name] += elapsed
+      if outer is not None:  # A nested phase is not counted twice.
+        self.seconds[outer] -= elapsed
+      self._open = outer
 
   def finish(self) -> dict[str, float]:
     """The seconds by phase; 'train' is the time not in any other phase since the start."""

@@ -21,6 +21,7 @@ Results (vae_jax/sweep_results.py): DIR/results.csv (a row per run), DIR/results
 also writes them into FOLDER/README.md, keeping the text written there by hand.
 """
 
+import ast
 import dataclasses
 import itertools
 import json
@@ -224,7 +225,6 @@ def _define_flags():
 
 
 def _parse_set(items: list[str]) -> dict:
-  import ast  # pylint: disable=g-import-not-at-top
   overrides = {}
   for item in items:
     key, sep, text = item.partition("=")

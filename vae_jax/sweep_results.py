@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from vae_jax import figures  # Sets matplotlib's file-only backend.
+from vae_jax import train
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 # (column, label, key in a run's final summary)
@@ -81,7 +82,7 @@ def write_csv(rows: list[dict], keys: list[str], path: str) -> None:
   writer.writeheader()
   for row in rows:
     writer.writerow({key: format_value(row.get(key, "")) for key in columns})
-  _write(path, buffer.getvalue())
+  train.write_atomically(path, buffer.getvalue())
 
 
 def format_value(value):
@@ -90,12 +91,6 @@ def format_value(value):
     inner = ",".join(str(format_value(v)) for v in value)
     return f"({inner},)" if len(value) == 1 else f"({inner})"
   return value
-
-
-def _write(path: str, text: str) -> None:
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
 
 
 def summarize(rows: list[dict], keys: list[str], sweep) -> list[dict]:
@@ -233,7 +228,7 @@ def aggregate(sweep, runs, workdir: str, *, name: str, report_dir: str | None = 
   plots = [f"{column}.png" for column, label, _ in METRICS if column in PLOTTED
            and plot(rows, keys, column, label, os.path.join(workdir, f"{column}.png"))]
   groups = summarize(rows, keys, sweep)
-  _write(os.path.join(workdir, "results.md"),
+  train.write_atomically(os.path.join(workdir, "results.md"),
          f"# {name}\n\n" + markdown(name, sweep, keys, groups, rows, len(runs), command,
                                     plots))
   if report_dir:
@@ -260,4 +255,4 @@ def write_report(report_dir: str, name: str, sweep, block: str, plots: list[str]
       text = text.rstrip("\n") + "\n\n" + generated + "\n"
   else:
     text = f"# {name}\n\n{sweep.question}\n\n{generated}\n"
-  _write(path, text)
+  train.write_atomically(path, text)

@@ -232,12 +232,24 @@ def make_train_step(model: nn.Module, config, mesh: jax.sharding.Mesh,
   `batch` is a global batch {"image": uint8 (B, 28, 28, 1), "label": (B,)}, split over the
   mesh; `rng` is the run's training key: the step's key is fold_in(rng, state.step).
   """
+  return jax.jit(_sharded_step(model, config, mesh, steps_per_epoch), donate_argnums=0)
+
+
+def _sharded_step(model: nn.Module, config, mesh: jax.sharding.Mesh, steps_per_epoch: int):
+  """step(state, global batch, rng): the config's hyperparameters, data-parallel."""
   body = train_step_body(model, config, steps_per_epoch)
   hyper = step_hyperparameters(config)
-  sharded = jax.shard_map(lambda state, batch, rng: body(state, batch, rng, hyper),
-                          mesh=mesh, in_specs=(P(), P(BATCH_AXIS), P()),
-                          out_specs=(P(), P()))
-  return jax.jit(sharded, donate_argnums=0)
+  return jax.shard_map(lambda state, batch, rng: body(state, batch, rng, hyper),
+                       mesh=mesh, in_specs=(P(), P(BATCH_AXIS), P()), out_specs=(P(), P()))
+
+
+def scan_steps(one_step, state, num_steps: int, *args):
+  """num_steps calls of one_step(state, *args) -> (state, metrics), in one lax.scan when
+  num_steps > 1; the metrics come back stacked, (num_steps, ...) each."""
+  if num_steps == 1:
+    state, metrics = one_step(state, *args)
+    return state, jax.tree.map(lambda value: value[None], metrics)
+  return jax.lax.scan(lambda carry, _: one_step(carry, *args), state, length=num_steps)
 
 
 def make_dataset_train_steps(model: nn.Module, config, mesh: jax.sharding.Mesh,
@@ -251,11 +263,7 @@ def make_dataset_train_steps(model: nn.Module, config, mesh: jax.sharding.Mesh,
   host work in between; metrics come back stacked, (num_steps,) each. Every step's batch
   and key come from its own step number, so the results do not depend on num_steps.
   """
-  body = train_step_body(model, config, steps_per_epoch)
-  hyper = step_hyperparameters(config)
-  sharded_body = jax.shard_map(lambda state, batch, rng: body(state, batch, rng, hyper),
-                               mesh=mesh, in_specs=(P(), P(BATCH_AXIS), P()),
-                               out_specs=(P(), P()))
+  sharded_body = _sharded_step(model, config, mesh, steps_per_epoch)
 
   def one_step(state, dataset, epoch_indices, rng):
     # Gathered outside shard_map (shard_map's in_specs then split it over the mesh):
@@ -267,11 +275,7 @@ def make_dataset_train_steps(model: nn.Module, config, mesh: jax.sharding.Mesh,
     return sharded_body(state, batch, rng)
 
   def steps(state, dataset, epoch_indices, rng, num_steps):
-    if num_steps == 1:
-      state, metrics = one_step(state, dataset, epoch_indices, rng)
-      return state, jax.tree.map(lambda value: value[None], metrics)
-    return jax.lax.scan(lambda carry, _: one_step(carry, dataset, epoch_indices, rng),
-                        state, length=num_steps)
+    return scan_steps(one_step, state, num_steps, dataset, epoch_indices, rng)
 
   return jax.jit(steps, static_argnums=4, donate_argnums=0)
 

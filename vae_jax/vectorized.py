@@ -77,6 +77,12 @@ def _unstack(tree, index: int):
   return jax.tree.map(lambda leaf: leaf[index], tree)
 
 
+def stack_hyperparameters(configs: list) -> dict[str, jax.Array]:
+  """train.step_hyperparameters of each config, as float32 arrays with a model axis."""
+  rows = [train.step_hyperparameters(config) for config in configs]
+  return {name: jnp.asarray([row[name] for row in rows], jnp.float32) for name in rows[0]}
+
+
 def make_vectorized_train_steps(model, config, mesh: jax.sharding.Mesh,
                                 steps_per_epoch: int):
   """steps(states, dataset, epoch_indices, rngs, hypers, num_steps) -> (states, metrics).
@@ -98,12 +104,8 @@ def make_vectorized_train_steps(model, config, mesh: jax.sharding.Mesh,
     return sharded_body(states, batch, rngs, hypers)
 
   def steps(states, dataset, epoch_indices, rngs, hypers, num_steps):
-    if num_steps == 1:
-      states, metrics = one_step(states, dataset, epoch_indices, rngs, hypers)
-      return states, jax.tree.map(lambda value: value[None], metrics)
-    return jax.lax.scan(
-        lambda carry, _: one_step(carry, dataset, epoch_indices, rngs, hypers),
-        states, length=num_steps)
+    return train.scan_steps(one_step, states, num_steps, dataset, epoch_indices, rngs,
+                            hypers)
 
   return jax.jit(steps, static_argnums=5, donate_argnums=0)
 
@@ -161,9 +163,7 @@ def train_and_evaluate_together(configs: list, workdirs: list[str]) -> list[dict
   states, saved_progress, start_step = _restore_group(checkpointers, initial)
   start_step = start_step or 0
   stacked = jax.device_put(stack_states(states), replicated)
-  hypers = jax.device_put({name: jnp.asarray([train.step_hyperparameters(c)[name]
-                                              for c in configs], jnp.float32)
-                           for name in train.step_hyperparameters(base)}, replicated)
+  hypers = jax.device_put(stack_hyperparameters(configs), replicated)
   rngs = jax.device_put(_stack([k["train"] for k in keys]), replicated)
   shuffle_rngs = _stack([k["shuffle"] for k in keys])
   histories = [train.read_history(w, up_to_step=start_step) for w in workdirs]
@@ -195,16 +195,17 @@ def train_and_evaluate_together(configs: list, workdirs: list[str]) -> list[dict
   def fetch_pending():
     """The pending steps' metrics, per run, checked for NaN and appended to the epoch's."""
     nonlocal pending, pending_start
+    host_metrics = jax.device_get(pending)  # One transfer for all runs.
     for run in range(count):
       fetched = [{name: float(values[i, run]) for name, values in stacked_metrics.items()}
-                 for stacked_metrics in jax.device_get(pending)
+                 for stacked_metrics in host_metrics
                  for i in range(len(stacked_metrics["loss"]))]
       try:
         train.check_finite(fetched, pending_start, checkpoint_step)
       except train.NonFiniteLossError as error:
         raise train.NonFiniteLossError(f"Run {workdirs[run]}: {error}") from None
       epoch_metrics[run].extend(fetched)
-    pending_start += sum(len(m["loss"]) for m in pending)
+    pending_start += sum(len(m["loss"]) for m in host_metrics)
     pending = []
 
   def save(step):
