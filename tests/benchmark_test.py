@@ -11,7 +11,8 @@ import pytest
 from tests.conftest import REPO_ROOT, tiny_config
 from vae_jax import evaluate
 from vae_jax import models
-from vae_jax import train
+from vae_jax import parallel
+from vae_jax import steps
 
 
 def _run_benchmark(*flags):
@@ -51,8 +52,8 @@ def test_evaluation_of_a_ragged_split_compiles_once(kind):
   config = tiny_config()
   config.eval.batch_size, config.eval.nll_batch_size = 300, 300
   model = models.get_model(config.model)
-  mesh = train.make_mesh(jax.devices()[:1])
-  params = train.create_train_state(model, config, jax.random.key(0)).params
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  params = steps.create_train_state(model, config, jax.random.key(0)).params
   images = np.random.default_rng(0).integers(0, 256, (1000, 28, 28, 1)).astype(np.uint8)
   dataset = {"image": jax.numpy.asarray(images), "label": jax.numpy.zeros(1000, "int32")}
   if kind == "elbo":

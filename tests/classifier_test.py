@@ -10,7 +10,7 @@ from vae_jax import classifier
 from vae_jax import evaluate
 from vae_jax import input_pipeline
 from vae_jax import models
-from vae_jax import train
+from vae_jax import steps
 
 
 def _quadrant_splits(num=640):
@@ -48,7 +48,7 @@ def test_label_fidelity_counts_the_samples_classified_as_their_label(always):
   config = tiny_config()
   config.model.conditional = True
   model = models.get_model(config.model)
-  params = train.create_train_state(model, config, jax.random.key(0)).params
+  params = steps.create_train_state(model, config, jax.random.key(0)).params
 
   def classify(unused_params, images):  # Says `always` whatever it sees.
     return jnp.broadcast_to(jax.nn.one_hot(always, 10), images.shape[:1] + (10,))

@@ -69,6 +69,22 @@ def synthetic_splits(num_train=400, num_test=100):
           "test": input_pipeline.Split(images[num_train:], labels[num_train:])}
 
 
+def fixed_batch_step(model, config, mesh):
+  """step(state, batch, rng) -> (state, metrics): one training step on a given batch,
+  through the codebase's one program builder (the batch as a one-step epoch)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from vae_jax import steps  # pylint: disable=g-import-not-at-top
+  program = steps.make_train_program(model, [config], mesh, steps_per_epoch=1)
+
+  def step(state, batch, rng):
+    epoch_indices = jnp.arange(batch["image"].shape[0], dtype=jnp.int32)[None]
+    state, metrics = program(state, batch, epoch_indices, rng, 1)
+    return state, jax.tree.map(lambda value: value[0], metrics)
+
+  return step
+
+
 def shipped_config(name: str, arg=None):
   """configs/<name>.py's get_config(arg), loaded by path as config_flags does."""
   return config_schema.load_shipped(name, arg)

@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from tests.conftest import shipped_config
+from tests.conftest import fixed_batch_step, shipped_config
 from vae_jax import config_schema
 from vae_jax import evaluate
 from vae_jax import input_pipeline
 from vae_jax import models
-from vae_jax import train
+from vae_jax import parallel
+from vae_jax import steps
 
 _NUM_STEPS, _NUM_TEST = 15, 200
 
@@ -34,9 +35,9 @@ def test_shipped_model_learns_fashion_mnist(fashion, name, arg):
   config.eval.batch_size = 100
   config_schema.validate(config)
   model = models.get_model(config.model)
-  mesh = train.make_mesh(jax.devices()[:1])
-  state = train.replicate(train.create_train_state(model, config, jax.random.key(0)), mesh)
-  step = train.make_train_step(model, config, mesh)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  state = parallel.replicate(steps.create_train_state(model, config, jax.random.key(0)), mesh)
+  step = fixed_batch_step(model, config, mesh)
   test = input_pipeline.to_device(
       input_pipeline.Split(fashion["test"].images[:_NUM_TEST],
                            fashion["test"].labels[:_NUM_TEST]),

@@ -8,7 +8,7 @@ import pytest
 from vae_jax import config_schema
 from vae_jax import losses
 from vae_jax import models
-from vae_jax import train
+from vae_jax import steps
 
 
 def test_gaussian_kl_matches_monte_carlo_within_4_standard_errors():
@@ -105,12 +105,12 @@ def test_kl_warmup_factor_is_linear_then_one():
   steps_per_epoch = 50
   for step, expected in [(0, 0.0), (25, 0.125), (100, 0.5), (199, 0.995), (200, 1.0),
                          (5000, 1.0)]:
-    factor = train.kl_warmup_factor(jnp.asarray(step, jnp.int32), jnp.asarray(4.0),
+    factor = steps.kl_warmup_factor(jnp.asarray(step, jnp.int32), jnp.asarray(4.0),
                                     steps_per_epoch)
     np.testing.assert_allclose(float(factor), expected, rtol=1e-6, err_msg=str(step))
   # Without warm-up, traced or not, the factor is 1 from the first step.
-  assert train.kl_warmup_factor(jnp.asarray(0, jnp.int32), 0.0, steps_per_epoch) == 1.0
-  assert float(train.kl_warmup_factor(jnp.asarray(0, jnp.int32), jnp.asarray(0.0),
+  assert steps.kl_warmup_factor(jnp.asarray(0, jnp.int32), 0.0, steps_per_epoch) == 1.0
+  assert float(steps.kl_warmup_factor(jnp.asarray(0, jnp.int32), jnp.asarray(0.0),
                                       steps_per_epoch)) == 1.0
 
 

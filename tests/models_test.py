@@ -7,11 +7,12 @@ import pytest
 
 from tests.conftest import shipped_config, synthetic_splits, tiny_config
 from vae_jax import config_schema
-from vae_jax import evaluate
 from vae_jax import input_pipeline
 from vae_jax import losses
 from vae_jax import models
 from vae_jax import train
+from vae_jax import visualize
+from vae_jax import workdir as workdir_lib
 
 
 def _model_config(name, conditional=False, likelihood="bernoulli", dropout_rate=0.0):
@@ -132,7 +133,7 @@ def test_dropout_is_active_in_training_and_off_in_evaluation_and_sampling(name):
                                     jax.random.key(k))["reconstruction"]) for k in range(4)}
   assert len(train_values) == 4
 
-  samples = [evaluate.sample_prior(model, variables["params"], jax.random.key(8),
+  samples = [visualize.sample_prior(model, variables["params"], jax.random.key(8),
                                    likelihood="bernoulli", num_samples=4) for _ in range(2)]
   np.testing.assert_array_equal(samples[0], samples[1])
 
@@ -172,7 +173,7 @@ def test_bfloat16_trains_a_tiny_model_without_nan(tmp_path, monkeypatch):
     config.figures.final = False
     summary = train.train_and_evaluate(config, str(tmp_path / dtype))
     assert np.isfinite(summary["test_neg_elbo"])
-    curves[dtype] = [entry["train_loss"] for entry in train.read_history(str(tmp_path / dtype))]
+    curves[dtype] = [entry["train_loss"] for entry in workdir_lib.read_history(str(tmp_path / dtype))]
   assert all(np.isfinite(curves["bfloat16"]))
   assert curves["bfloat16"][-1] < curves["bfloat16"][0]  # It learns (noise images: a little).
   np.testing.assert_allclose(curves["bfloat16"], curves["float32"], atol=0.5)

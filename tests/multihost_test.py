@@ -12,7 +12,7 @@ import numpy as np
 from tests.conftest import REPO_ROOT
 from vae_jax import config_schema
 from vae_jax import input_pipeline
-from vae_jax import train
+from vae_jax import workdir as workdir_lib
 
 _FLAGS = ["--config=configs/mlp.py", "--config.model.hidden_dims=(32,)",
           "--config.model.latent_dim=4", "--config.train.batch_size=50",
@@ -60,15 +60,15 @@ def test_two_processes_train_the_parameters_of_one(tmp_path, mnist_manual_dir,
   assert "test -ELBO" in outputs[1][1]
   assert len(list(multi.glob("events.out.tfevents.*"))) == 1
 
-  single_run, multi_run = train.load_run(str(single)), train.load_run(str(multi))
+  single_run, multi_run = workdir_lib.load_run(str(single)), workdir_lib.load_run(str(multi))
   assert single_run.step == multi_run.step == 60
   # Each process took half of every global batch; only the summation order differs, and
   # Adam's normalized steps can turn that into ~1e-6 for a weight whose gradient is ~0.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-5),
                jax.device_get(single_run.params), jax.device_get(multi_run.params))
-  assert (multi / train.HISTORY_FILE).read_text().count("\n") == 1
+  assert (multi / workdir_lib.HISTORY_FILE).read_text().count("\n") == 1
   for name in ("single", "multi"):
-    history = train.read_history(str(tmp_path / name))
+    history = workdir_lib.read_history(str(tmp_path / name))
     assert len(history) == 1
-  np.testing.assert_allclose(train.read_history(str(multi))[0]["test_neg_elbo"],
-                             train.read_history(str(single))[0]["test_neg_elbo"], rtol=1e-5)
+  np.testing.assert_allclose(workdir_lib.read_history(str(multi))[0]["test_neg_elbo"],
+                             workdir_lib.read_history(str(single))[0]["test_neg_elbo"], rtol=1e-5)

@@ -18,7 +18,9 @@ import pytest
 from tests.conftest import REPO_ROOT, tiny_config
 from vae_jax import input_pipeline
 from vae_jax import progress
+from vae_jax import steps
 from vae_jax import train
+from vae_jax import workdir as workdir_lib
 
 # About 2.7 epochs of 1100 steps: checkpoints land mid-epoch, so a resume must also bring
 # back the epoch's metrics so far.
@@ -72,8 +74,8 @@ def _start_and_signal(workdir, manual_dir, tfds_data_dir, signum, after_step):
 
 
 def _final(workdir):
-  run = train.load_run(str(workdir))
-  history = (workdir / train.HISTORY_FILE).read_text()
+  run = workdir_lib.load_run(str(workdir))
+  history = (workdir / workdir_lib.HISTORY_FILE).read_text()
   return run.step, jax.device_get(run.params), history
 
 
@@ -197,13 +199,13 @@ def nan_on_marked_image(monkeypatch):
 
 def _steps_with_example(config, example, num_epochs):
   """The 1-based steps whose batch holds training example `example`."""
-  keys = train.run_keys(config.seed)
-  steps = []
+  keys = steps.run_keys(config.seed)
+  found = []
   for epoch in range(num_epochs):
     indices = np.asarray(input_pipeline.epoch_batch_indices(keys["shuffle"], epoch, 400,
                                                             config.train.batch_size))
-    steps += [epoch * indices.shape[0] + row + 1 for row in np.nonzero(indices == example)[0]]
-  return steps
+    found += [epoch * indices.shape[0] + row + 1 for row in np.nonzero(indices == example)[0]]
+  return found
 
 
 def test_a_nan_batch_stops_the_run_naming_the_step(tmp_path, nan_on_marked_image):
@@ -223,10 +225,10 @@ def test_skipping_non_finite_updates_completes_and_counts_them(tmp_path, nan_on_
   config.train.skip_nonfinite_updates = True
   bad_steps = _steps_with_example(config, nan_on_marked_image, 2)
   summary = train.train_and_evaluate(config, str(tmp_path / "run"))
-  history = train.read_history(str(tmp_path / "run"))
+  history = workdir_lib.read_history(str(tmp_path / "run"))
   assert [h["train_skipped_updates"] for h in history] == [1, 1], (history, bad_steps)
   assert np.isfinite(summary["test_neg_elbo"]) and np.isfinite(summary["train_neg_elbo"])
-  params = train.load_run(str(tmp_path / "run")).params
+  params = workdir_lib.load_run(str(tmp_path / "run")).params
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(params))
 
 

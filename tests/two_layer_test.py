@@ -14,7 +14,7 @@ from vae_jax import config_schema
 from vae_jax import evaluate
 from vae_jax import losses
 from vae_jax import models
-from vae_jax import train
+from vae_jax import steps
 
 # x (4 pixels) <- z1 (2) <- z2 (1), all linear-Gaussian.
 _DATA_DIM, _Z1_DIM, _Z2_DIM = 4, 2, 1
@@ -112,7 +112,7 @@ def test_the_papers_two_layer_model_has_its_layer_sizes():
   config_schema.validate(config)
   model = models.get_model(config.model)
   assert (model.latent_dim, model.noise_dim) == (50, 150)
-  params = train.create_train_state(model, config, jax.random.key(0)).params
+  params = steps.create_train_state(model, config, jax.random.key(0)).params
   shapes = jax.tree.map(lambda p: p.shape, params)
   assert shapes["bottom_encoder"]["Dense_0"]["kernel"] == (784, 200)
   assert shapes["bottom_encoder"]["Dense_1"]["kernel"] == (200, 200)
@@ -133,7 +133,7 @@ def test_two_layer_shapes_decoding_and_label_dependence(conditional):
   config.model.top_layer.hidden_dims = (8,)
   config.model.top_layer.latent_dim = 2
   model = models.get_model(config.model)
-  params = train.create_train_state(model, config, jax.random.key(0)).params
+  params = steps.create_train_state(model, config, jax.random.key(0)).params
   images = jax.random.uniform(jax.random.key(1), (5, 28, 28, 1))
   labels = jnp.arange(5, dtype=jnp.int32)
   mean, logvar = model.apply({"params": params}, images, labels, method=model.encode)

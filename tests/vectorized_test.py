@@ -6,8 +6,9 @@ import pytest
 
 from tests.conftest import synthetic_splits, tiny_config
 from vae_jax import input_pipeline
+from vae_jax import steps
 from vae_jax import train
-from vae_jax import vectorized
+from vae_jax import workdir as workdir_lib
 
 # (seed, learning rate, KL weight, KL warm-up epochs, free bits): every vectorizable key
 # varies somewhere, and run 0 keeps all of them at their defaults.
@@ -34,12 +35,12 @@ def _config(seed, learning_rate, kl_weight, warmup, free_bits):
 
 
 def _params(workdir):
-  run = train.load_run(str(workdir))
+  run = workdir_lib.load_run(str(workdir))
   return run.step, jax.tree.map(np.asarray, run.params)
 
 
 def _history(workdir):
-  return train.read_history(str(workdir))
+  return workdir_lib.read_history(str(workdir))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def trained(tmp_path_factory):
   together = [root / f"together_{i}" for i in range(len(configs))]
   try:
     alone_summaries = [train.train_and_evaluate(c, str(w)) for c, w in zip(configs, alone)]
-    together_summaries = vectorized.train_and_evaluate_together(
+    together_summaries = train.train_group(
         configs, [str(w) for w in together])
   finally:
     patch.undo()
@@ -104,7 +105,7 @@ def test_configs_that_need_different_programs_are_refused():
   configs = [_config(*_POINTS[0]), _config(*_POINTS[1])]
   configs[1].model.latent_dim = 8
   with pytest.raises(ValueError, match="differ in model.latent_dim"):
-    vectorized.check_vectorizable(configs)
+    steps.check_vectorizable(configs)
 
 
 def test_a_group_resumes_where_it_stopped(trained, tmp_path, monkeypatch):
@@ -116,10 +117,10 @@ def test_a_group_resumes_where_it_stopped(trained, tmp_path, monkeypatch):
   workdirs = [str(tmp_path / f"run_{i}") for i in range(2)]
   for config in configs:
     config.train.num_steps = 30
-  vectorized.train_and_evaluate_together(configs, workdirs)
+  train.train_group(configs, workdirs)
   for config in configs:
     config.train.num_steps = 53
-  vectorized.train_and_evaluate_together(configs, workdirs)
+  train.train_group(configs, workdirs)
   for workdir, straight in zip(workdirs, together[:2]):
     step, params = _params(workdir)
     assert step == 53

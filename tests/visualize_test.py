@@ -7,8 +7,9 @@ import pytest
 from tests.conftest import tiny_config
 from vae_jax import input_pipeline
 from vae_jax import models
-from vae_jax import train
+from vae_jax import steps
 from vae_jax import visualize
+from vae_jax import workdir as workdir_lib
 
 
 def _test_split(num=300, labelled=True):
@@ -49,7 +50,7 @@ def test_every_figure_is_written_as_a_non_empty_png(tmp_path, name, conditional,
   config.model.conv.encoder_features = (4, 4, 4)
   config.model.conv.decoder_features = (4, 4, 4)
   model = models.get_model(config.model)
-  state = train.create_train_state(model, config, jax.random.key(0))
+  state = steps.create_train_state(model, config, jax.random.key(0))
   named = visualize.make_figures(model, state.params, config, _test_split(),
                                  jax.random.key(1), history=_HISTORY)
   assert set(named) == expected
@@ -62,7 +63,7 @@ def test_every_figure_is_written_as_a_non_empty_png(tmp_path, name, conditional,
       self.images.update(images)
 
   writer = _Writer()
-  paths = train.write_figures(str(tmp_path), writer, 7, named)
+  paths = workdir_lib.write_figures(str(tmp_path), writer, 7, named)
   assert sorted(p.rsplit("/", 1)[1][:-4] for p in paths) == sorted(expected)
   for path in paths:
     with open(path, "rb") as f:
@@ -76,7 +77,7 @@ def test_cheap_figures_are_the_ones_redrawn_during_training():
   config = tiny_config()
   config.model.conditional = True
   model = models.get_model(config.model)
-  state = train.create_train_state(model, config, jax.random.key(0))
+  state = steps.create_train_state(model, config, jax.random.key(0))
   named = visualize.make_figures(model, state.params, config, _test_split(),
                                  jax.random.key(1), cheap_only=True)
   assert set(named) == {"reconstructions", "class_grid"}
@@ -86,7 +87,7 @@ def test_figures_of_an_unlabelled_dataset():
   config = tiny_config()
   config.model.latent_dim = 2
   model = models.get_model(config.model)
-  state = train.create_train_state(model, config, jax.random.key(0))
+  state = steps.create_train_state(model, config, jax.random.key(0))
   named = visualize.make_figures(model, state.params, config, _test_split(labelled=False),
                                  jax.random.key(1))
   assert "latent_scatter" in named and "training_curves" not in named
@@ -95,9 +96,9 @@ def test_figures_of_an_unlabelled_dataset():
 def test_figure_data_is_deterministic_given_the_key():
   config = tiny_config()
   model = models.get_model(config.model)
-  params = train.create_train_state(model, config, jax.random.key(0)).params
+  params = steps.create_train_state(model, config, jax.random.key(0)).params
   split = _test_split(num=20)
-  first, second = (jax.device_get(visualize.evaluate.denoise(
+  first, second = (jax.device_get(visualize.denoise(
       model, params, split.images, split.labels, np.asarray([0.1, 0.5], np.float32),
       jax.random.key(3), likelihood="bernoulli", binarization="none")) for _ in range(2))
   for key in first:

@@ -1,21 +1,28 @@
-"""Speed of each shipped config against this machine's matmul roofline.
+"""Speed of each shipped config against this machine's matmul roofline and a minimal step.
 
     python -m vae_jax.benchmark [--configs=mlp,cvae] [--seconds=5] [--json=PATH]
-                                [--steps_per_dispatch=N]
+                                [--steps_per_dispatch=N] [--profile_dir=DIR]
     python -m vae_jax.benchmark --vectorized_models=8 [--configs=...]
 
 For each config it prints compile time, steady-state train steps/s and examples/s, test
 -ELBO throughput (images/s) and importance-sampled NLL throughput (samples/s), the peak
 memory, and the roofline measured in the same run: the best float32 matmul GFLOP/s of
 this machine, the train step's FLOPs (XLA's cost analysis of the compiled step), the
-step rate they allow, and the fraction of it reached. Data are random uint8 images of
-MNIST's shape held on the device, so nothing is downloaded and only compute is timed.
+step rate they allow, and the fraction of it reached. For the MLP configs it also times,
+interleaved with the codebase's program, a *minimal step*: the same model and loss and
+the same Adam, the batch gathered on the device, one key per step, `lax.scan` over the
+steps, nothing else (no metrics, no per-example keys, no gradient norm, no sharding).
+The codebase's steps/s as a fraction of it is what the features cost. Data are random
+uint8 images of MNIST's shape held on the device, so nothing is downloaded and only
+compute is timed. --profile_dir writes a trace of each config's timed steps for
+TensorBoard's profile plugin.
 
 With --vectorized_models=K it measures instead, per config, K models trained as one
 vmapped program (a --mode=vectorized sweep) against the same K trained one at a time.
 """
 
 import json
+import os
 import resource
 import sys
 import time
@@ -25,13 +32,15 @@ from absl import flags
 from absl import logging
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
+import optax
 
 from vae_jax import config_schema
 from vae_jax import evaluate
+from vae_jax import input_pipeline
+from vae_jax import losses
 from vae_jax import models
-from vae_jax import train
-from vae_jax import vectorized
+from vae_jax import parallel
+from vae_jax import steps
 
 # name -> (configs/ file, its arg), the shipped setups.
 CONFIGS = {
@@ -95,8 +104,67 @@ def _random_dataset(rng: jax.Array, sharding) -> dict[str, jax.Array]:
       "label": jax.random.randint(label_key, (_NUM_TRAIN,), 0, 10)}, sharding)
 
 
+def _epoch_indices(batch_size: int, replicated) -> jax.Array:
+  steps_per_epoch = _NUM_TRAIN // batch_size
+  return jax.device_put(jnp.arange(steps_per_epoch * batch_size, dtype=jnp.int32).reshape(
+      steps_per_epoch, batch_size), replicated)
+
+
+def make_minimal_program(model, config, steps_per_epoch: int):
+  """The same model, loss and Adam as the codebase's step, with nothing else.
+
+  program(params, opt_state, step, dataset, epoch_indices, rng, num_steps) -> (params,
+  opt_state, step, losses): each step gathers its batch from the resident dataset, takes
+  one key fold_in(rng, step) and draws the whole batch's binarization and noise from it,
+  and applies Adam; no metrics, per-example keys, gradient norm or sharding.
+  """
+  optimizer = steps.make_optimizer(config, steps_per_epoch)
+  binarization, likelihood = config.data.binarization, config.model.likelihood
+  num_samples, objective = config.loss.num_samples, config.loss.objective
+  weights = losses.loss_weights(config)
+
+  def loss_fn(params, images_uint8, labels, key):
+    binarize_key, noise_key = jax.random.split(key)
+    images = input_pipeline.to_model_input(images_uint8, binarization, binarize_key)
+    eps = jax.random.normal(noise_key, (images.shape[0], num_samples, model.noise_dim))
+    terms = jax.vmap(lambda image, label, e: losses.elbo_terms_from_noise(
+        model, {"params": params}, image, label, e, likelihood=likelihood,
+        objective=objective, train=True, **weights))(images, labels, eps)
+    return jnp.mean(terms["loss"])
+
+  def one_step(carry, _, dataset, epoch_indices, rng):
+    params, opt_state, step = carry
+    indices = jax.lax.dynamic_index_in_dim(epoch_indices, step % steps_per_epoch,
+                                           keepdims=False)
+    loss, grads = jax.value_and_grad(loss_fn)(
+        params, jnp.take(dataset["image"], indices, axis=0),
+        jnp.take(dataset["label"], indices, axis=0), jax.random.fold_in(rng, step))
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state, step + 1), loss
+
+  def program(params, opt_state, step, dataset, epoch_indices, rng, num_steps):
+    (params, opt_state, step), step_losses = jax.lax.scan(
+        lambda carry, x: one_step(carry, x, dataset, epoch_indices, rng),
+        (params, opt_state, step), length=num_steps)
+    return params, opt_state, step, step_losses
+
+  return jax.jit(program, static_argnums=6, donate_argnums=(0, 1))
+
+
+def _interleaved_rates(dispatches: dict, steps_per_call: int, seconds: float,
+                       rounds: int = 3) -> dict[str, float]:
+  """steps/s of each blocking dispatch, timed in turn for `rounds` rounds of
+  seconds/rounds each; the best round of each, so a noisy neighbour hurts neither."""
+  rates = {name: 0.0 for name in dispatches}
+  for _ in range(rounds):
+    for name, dispatch in dispatches.items():
+      calls, elapsed = _timed(dispatch, seconds / rounds)
+      rates[name] = max(rates[name], calls * steps_per_call / elapsed)
+  return rates
+
+
 def benchmark_config(name: str, rng: jax.Array, roofline_gflops: float, seconds: float,
-                     steps_per_dispatch: int = 0) -> dict:
+                     steps_per_dispatch: int = 0, profile_dir: str = "") -> dict:
   """One record of the table; `rng` makes the data, the parameters and every key."""
   data_key, init_key, train_key, elbo_key, nll_key = jax.random.split(rng, 5)
   config = load_config(name)
@@ -104,27 +172,25 @@ def benchmark_config(name: str, rng: jax.Array, roofline_gflops: float, seconds:
     config.train.steps_per_dispatch = steps_per_dispatch
   config_schema.validate(config)
   model = models.get_model(config.model, config.dtype)
-  mesh = train.make_mesh()
-  replicated = NamedSharding(mesh, P())
+  mesh = parallel.make_mesh()
+  replicated = parallel.replicated(mesh)
   dataset = _random_dataset(data_key, replicated)
   test = jax.device_put({"image": dataset["image"][:_NUM_TEST],
                          "label": dataset["label"][:_NUM_TEST]}, replicated)
   batch_size = config.train.batch_size
   steps_per_epoch = _NUM_TRAIN // batch_size
-  state = train.replicate(train.create_train_state(model, config, init_key,
-                                                   steps_per_epoch), mesh)
-  epoch_indices = jax.device_put(
-      jnp.arange(steps_per_epoch * batch_size, dtype=jnp.int32).reshape(steps_per_epoch, -1),
-      replicated)
-  train_steps = train.make_dataset_train_steps(model, config, mesh, steps_per_epoch)
+  state = parallel.replicate(steps.create_train_state(model, config, init_key,
+                                                      steps_per_epoch), mesh)
+  epoch_indices = _epoch_indices(batch_size, replicated)
+  train_steps = steps.make_train_program(model, [config], mesh, steps_per_epoch)
   per_dispatch = config.train.steps_per_dispatch
 
   start = time.perf_counter()
   train_steps.lower(state, dataset, epoch_indices, train_key, per_dispatch).compile()
   compile_seconds = time.perf_counter() - start
   # From the one-step program: XLA's cost analysis counts a scan's body once.
-  cost = train_steps.lower(state, dataset, epoch_indices, train_key, 1).compile(
-      ).cost_analysis()
+  compiled_step = train_steps.lower(state, dataset, epoch_indices, train_key, 1).compile()
+  cost = compiled_step.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops_per_step = float(cost["flops"])
 
@@ -136,8 +202,25 @@ def benchmark_config(name: str, rng: jax.Array, roofline_gflops: float, seconds:
     metrics["loss"].block_until_ready()
 
   dispatch()  # Warm-up: first call's overheads.
-  calls, elapsed = _timed(dispatch, seconds)
-  steps_per_sec = calls * per_dispatch / elapsed
+  dispatches = {"codebase": dispatch}
+  if config.model.name == "mlp":
+    minimal = make_minimal_program(model, config, steps_per_epoch)
+    fresh = steps.create_train_state(model, config, init_key, steps_per_epoch)
+    holder["minimal"] = (fresh.params, fresh.opt_state, jnp.zeros((), jnp.int32))
+
+    def minimal_dispatch():
+      *holder["minimal"], step_losses = minimal(*holder["minimal"], dataset, epoch_indices,
+                                                train_key, per_dispatch)
+      step_losses.block_until_ready()
+
+    minimal_dispatch()  # Compiles.
+    dispatches["minimal"] = minimal_dispatch
+  rates = _interleaved_rates(dispatches, per_dispatch, seconds)
+  steps_per_sec = rates["codebase"]
+  if profile_dir:
+    with jax.profiler.trace(os.path.join(profile_dir, name)):
+      for _ in range(5):
+        dispatch()
 
   evaluate_elbo = evaluate.make_elbo_evaluator(model, config, mesh)
   params = holder["state"].params
@@ -155,7 +238,7 @@ def benchmark_config(name: str, rng: jax.Array, roofline_gflops: float, seconds:
   nll_samples_per_sec = calls * nll_examples * nll_samples / elapsed
 
   roofline_steps_per_sec = roofline_gflops * 1e9 / flops_per_step
-  return {
+  record = {
       "config": name,
       "batch_size": batch_size,
       "steps_per_dispatch": per_dispatch,
@@ -163,52 +246,52 @@ def benchmark_config(name: str, rng: jax.Array, roofline_gflops: float, seconds:
       "steps_per_sec": steps_per_sec,
       "examples_per_sec": steps_per_sec * batch_size,
       "gflops_per_step": flops_per_step / 1e9,
+      "hlo_lines_per_step": len(compiled_step.as_text().splitlines()),
       "roofline_steps_per_sec": roofline_steps_per_sec,
       "roofline_fraction": steps_per_sec / roofline_steps_per_sec,
+      "minimal_steps_per_sec": rates.get("minimal", float("nan")),
+      "of_minimal": steps_per_sec / rates["minimal"] if "minimal" in rates else float("nan"),
       "eval_elbo_images_per_sec": elbo_images_per_sec,
       "nll_samples_per_sec": nll_samples_per_sec,
       "peak_rss_mb": _peak_memory_mb(),
   }
+  return record
 
 
 def benchmark_vectorized(name: str, num_models: int, rng: jax.Array, seconds: float) -> dict:
   """Steady-state training throughput of `num_models` models of config `name` trained as
-  one vmapped program (vae_jax/vectorized.py, as --mode=vectorized sweeps do) against
-  the same models trained one after the other (one model's program, as sequential
-  sweeps do): model-steps/s of each, and their ratio."""
+  one vmapped program (train.train_group, as --mode=vectorized sweeps do) against the
+  same models trained one after the other (one model's program, as sequential sweeps
+  do): model-steps/s of each, and their ratio."""
   data_key, init_key, train_key = jax.random.split(rng, 3)
   config = load_config(name)
   model = models.get_model(config.model, config.dtype)
-  mesh = train.make_mesh()
-  replicated = NamedSharding(mesh, P())
+  mesh = parallel.make_mesh()
+  replicated = parallel.replicated(mesh)
   dataset = _random_dataset(data_key, replicated)
   batch_size, per_dispatch = config.train.batch_size, config.train.steps_per_dispatch
   steps_per_epoch = _NUM_TRAIN // batch_size
-  epoch_indices = jax.device_put(
-      jnp.arange(steps_per_epoch * batch_size, dtype=jnp.int32).reshape(steps_per_epoch, -1),
-      replicated)
+  epoch_indices = _epoch_indices(batch_size, replicated)
   init_keys = jax.random.split(init_key, num_models)
-  states = [train.create_train_state(model, config, key, steps_per_epoch) for key in init_keys]
+  states = [steps.create_train_state(model, config, key, steps_per_epoch) for key in init_keys]
   train_keys = jax.random.split(train_key, num_models)
 
-  single_steps = train.make_dataset_train_steps(model, config, mesh, steps_per_epoch)
-  holder = {"state": train.replicate(states[0], mesh)}
+  single_steps = steps.make_train_program(model, [config], mesh, steps_per_epoch)
+  holder = {"state": parallel.replicate(states[0], mesh)}
 
   def single_dispatch():
     holder["state"], metrics = single_steps(holder["state"], dataset, epoch_indices,
                                             train_keys[0], per_dispatch)
     metrics["loss"].block_until_ready()
 
-  vectorized_steps = vectorized.make_vectorized_train_steps(model, config, mesh,
-                                                            steps_per_epoch)
-  holder["stacked"] = jax.device_put(vectorized.stack_states(states), replicated)
-  hypers = jax.device_put(vectorized.stack_hyperparameters([config] * num_models),
-                          replicated)
+  vectorized_steps = steps.make_train_program(model, [config] * num_models, mesh,
+                                              steps_per_epoch)
+  holder["stacked"] = parallel.replicate(steps.stack_states(states), mesh)
   all_indices = jax.device_put(jnp.stack([epoch_indices] * num_models), replicated)
 
   def vectorized_dispatch():
     holder["stacked"], metrics = vectorized_steps(holder["stacked"], dataset, all_indices,
-                                                  train_keys, hypers, per_dispatch)
+                                                  train_keys, per_dispatch)
     metrics["loss"].block_until_ready()
 
   record = {"config": name, "models": num_models, "batch_size": batch_size,
@@ -232,6 +315,8 @@ _COLUMNS = [("config", "config", "{}"), ("batch", "batch_size", "{}"),
             ("GFLOP/step", "gflops_per_step", "{:.3f}"),
             ("roofline steps/s", "roofline_steps_per_sec", "{:.1f}"),
             ("of roofline", "roofline_fraction", "{:.0%}"),
+            ("minimal steps/s", "minimal_steps_per_sec", "{:.1f}"),
+            ("of minimal", "of_minimal", "{:.2f}"),
             ("-ELBO images/s", "eval_elbo_images_per_sec", "{:.0f}"),
             ("NLL samples/s", "nll_samples_per_sec", "{:.0f}"),
             ("peak MB", "peak_rss_mb", "{:.0f}")]
@@ -297,12 +382,13 @@ def main(argv):
   for index, name in enumerate(names):
     record = benchmark_config(name, jax.random.fold_in(configs_key, index),
                               roofline["gflops"], flags.FLAGS.seconds,
-                              flags.FLAGS.steps_per_dispatch)
+                              flags.FLAGS.steps_per_dispatch, flags.FLAGS.profile_dir)
     record.update(matmul_gflops=roofline["gflops"], device=device.device_kind,
                   backend=jax.default_backend(), device_count=jax.device_count())
     records.append(record)
-    logging.info("%s: %.1f steps/s, %.0f%% of the roofline", name, record["steps_per_sec"],
-                 100 * record["roofline_fraction"])
+    logging.info("%s: %.1f steps/s, %.0f%% of the roofline, %.2f of the minimal step",
+                 name, record["steps_per_sec"], 100 * record["roofline_fraction"],
+                 record["of_minimal"])
   _write_json(records)
   print(format_report(roofline, records))
 
@@ -321,6 +407,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("json", "", "Also write the records to this JSON file.")
   flags.DEFINE_integer("steps_per_dispatch", 0,
                        "Train steps per dispatch (0: each config's train.steps_per_dispatch).")
+  flags.DEFINE_string("profile_dir", "", "Write a jax.profiler trace of each config's "
+                      "train steps under DIR/<config> (TensorBoard's profile plugin).")
   flags.DEFINE_integer("vectorized_models", 0,
                        "K > 0: instead of the table, K models trained as one vmapped program "
                        "against one at a time (model-steps/s and the speed-up).")

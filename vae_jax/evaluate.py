@@ -1,11 +1,10 @@
-"""Evaluators: take parameters and device-resident data, return numbers or arrays; write nothing.
+"""Evaluators: take parameters and device-resident data, return numbers; write nothing.
 
 Also the command line `python -m vae_jax.evaluate --workdir=DIR [--num_importance_samples=
 5000]`, which prints a finished run's test NLL and -ELBO and writes them to DIR/eval.json.
 """
 
 import functools
-import json
 import os
 import sys
 import time
@@ -16,10 +15,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
+from vae_jax import checkpoint
+from vae_jax import classifier
+from vae_jax import config_schema
 from vae_jax import input_pipeline
 from vae_jax import losses
+from vae_jax import parallel
+from vae_jax import visualize
+from vae_jax import workdir as workdir_lib
 
 
 def make_elbo_evaluator(model: nn.Module, config, mesh: jax.sharding.Mesh):
@@ -32,29 +36,23 @@ def make_elbo_evaluator(model: nn.Module, config, mesh: jax.sharding.Mesh):
   fold_in(rng, i), so the result does not depend on the batch size or the device count.
   """
   example_terms = losses.make_example_terms_fn(model, config, train=False)
-  num_devices = mesh.shape["batch"]
-  batch_size = -(-config.eval.batch_size // num_devices) * num_devices
-  index_sharding = NamedSharding(mesh, P("batch"))
 
   def batch_sums(params, dataset, indices, mask, rng, weights):
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, indices)
+    keys = parallel.example_keys(rng, indices)
     terms = jax.vmap(example_terms, in_axes=(None, 0, 0, 0, None))(
         params, dataset["image"][indices], dataset["label"][indices], keys, weights)
     return {name: jnp.sum(jnp.where(mask, value, 0.0)) for name, value in terms.items()}
 
   # Replicated results: every process can read them (multi-host) without a gather.
-  batch_sums = jax.jit(batch_sums, out_shardings=NamedSharding(mesh, P()))
+  batch_sums = jax.jit(batch_sums, out_shardings=parallel.replicated(mesh))
 
   def evaluate(params, dataset, rng, weights=None) -> dict[str, float]:
     weights = losses.loss_weights(config) if weights is None else weights
     num_examples = dataset["image"].shape[0]
     totals = None
-    for start in range(0, num_examples, batch_size):
-      indices = np.arange(start, start + batch_size)
-      mask = indices < num_examples
-      indices = np.where(mask, indices, 0).astype(np.int32)
-      sums = batch_sums(params, dataset, jax.device_put(indices, index_sharding),
-                        jax.device_put(mask, index_sharding), rng, weights)
+    for indices, mask, _ in parallel.padded_batches(num_examples, config.eval.batch_size,
+                                                    mesh):
+      sums = batch_sums(params, dataset, indices, mask, rng, weights)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     return {name: float(value) / num_examples for name, value in jax.device_get(totals).items()}
 
@@ -75,7 +73,7 @@ def importance_sampled_log_likelihood(model: nn.Module, params, image: jax.Array
 
   def chunk_logsumexp(chunk):
     indices = chunk * chunk_size + jnp.arange(chunk_size)
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, indices)
+    keys = parallel.example_keys(rng, indices)
     eps = jax.vmap(lambda key: jax.random.normal(key, (model.noise_dim,)))(keys)
     log_weights = losses.log_importance_weights(model, {"params": params}, image, label,
                                                 eps, likelihood=likelihood)
@@ -100,9 +98,6 @@ def make_nll_evaluator(model: nn.Module, config, mesh: jax.sharding.Mesh, *,
   likelihood = config.model.likelihood
   binarization = config.data.binarization
   chunk_size = min(config.eval.importance_chunk_size, num_importance_samples)
-  num_devices = mesh.shape["batch"]
-  batch_size = -(-config.eval.nll_batch_size // num_devices) * num_devices
-  index_sharding = NamedSharding(mesh, P("batch"))
 
   def example_nll(params, image_uint8, label, example_key):
     image = input_pipeline.to_model_input(
@@ -113,20 +108,18 @@ def make_nll_evaluator(model: nn.Module, config, mesh: jax.sharding.Mesh, *,
         likelihood=likelihood,
         num_samples=num_importance_samples, chunk_size=chunk_size)
 
-  @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
+  @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
   def batch_nll(params, dataset, indices, rng):
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, indices)
+    keys = parallel.example_keys(rng, indices)
     return jax.vmap(example_nll, in_axes=(None, 0, 0, 0))(
         params, dataset["image"][indices], dataset["label"][indices], keys)
 
   def evaluate(params, dataset, rng) -> dict:
     num_examples = dataset["image"].shape[0]
     values = []
-    for start in range(0, num_examples, batch_size):
-      indices = np.minimum(np.arange(start, start + batch_size), num_examples - 1)
-      nll = batch_nll(params, dataset, jax.device_put(indices.astype(np.int32),
-                                                      index_sharding), rng)
-      values.append(np.asarray(nll)[:min(batch_size, num_examples - start)])
+    for indices, _, count in parallel.padded_batches(num_examples, config.eval.nll_batch_size,
+                                                     mesh):
+      values.append(np.asarray(batch_nll(params, dataset, indices, rng))[:count])
     per_example = np.concatenate(values).astype(np.float64)
     return {"nll_nats": float(per_example.mean()),
             "nll_stderr": float(per_example.std(ddof=1) / np.sqrt(num_examples))
@@ -137,133 +130,6 @@ def make_nll_evaluator(model: nn.Module, config, mesh: jax.sharding.Mesh, *,
   return evaluate
 
 
-# Figure data. Each function is jitted with the model and the config values it needs as
-# static arguments, takes explicit keys, and returns mean images E[x|z] in [0, 1].
-
-
-@functools.partial(jax.jit, static_argnames=("model", "likelihood", "binarization"))
-def reconstruct(model: nn.Module, params, images_uint8: jax.Array, labels: jax.Array,
-                rng: jax.Array, *, likelihood: str, binarization: str
-                ) -> tuple[jax.Array, jax.Array]:
-  """(model inputs, mean reconstructions), decoding the posterior mean."""
-  images = input_pipeline.to_model_input(images_uint8, binarization, rng)
-  return images, _reconstruct_inputs(model, params, images, labels, likelihood)
-
-
-def _reconstruct_inputs(model, params, images, labels, likelihood):
-  mean, _ = model.apply({"params": params}, images, labels, method=model.encode)
-  decoded = model.apply({"params": params}, mean, labels, method=model.decode)
-  return losses.mean_image(likelihood, decoded)
-
-
-def _decode_mean(model, params, z, labels, likelihood):
-  decoded = model.apply({"params": params}, z, labels, method=model.decode)
-  return losses.mean_image(likelihood, decoded)
-
-
-@functools.partial(jax.jit, static_argnames=("model", "likelihood", "num_samples"))
-def sample_prior(model: nn.Module, params, rng: jax.Array, labels: jax.Array | None = None,
-                 *, likelihood: str, num_samples: int) -> jax.Array:
-  """Mean images E[x|z(, y)] for z ~ N(0, I); pass a fixed key to compare runs or epochs.
-
-  A conditional model needs `labels` (num_samples,): the class of each sample.
-  """
-  z = jax.random.normal(rng, (num_samples, model.latent_dim))
-  return _decode_mean(model, params, z, labels, likelihood)
-
-
-@functools.partial(jax.jit, static_argnames=("model", "binarization"))
-def posterior_means(model: nn.Module, params, images_uint8: jax.Array, labels: jax.Array,
-                    rng: jax.Array, *, binarization: str) -> jax.Array:
-  """The means of q(z|x[, y]) of a batch of images, (N, latent_dim)."""
-  images = input_pipeline.to_model_input(images_uint8, binarization, rng)
-  return model.apply({"params": params}, images, labels, method=model.encode)[0]
-
-
-def manifold_grid(size: int) -> np.ndarray:
-  """Seed 003's grid: standard-normal quantiles of linspace(0.05, 0.95, size)."""
-  return np.asarray(jax.scipy.stats.norm.ppf(jnp.linspace(0.05, 0.95, size)))
-
-
-@functools.partial(jax.jit, static_argnames=("model", "likelihood", "size"))
-def latent_manifold(model: nn.Module, params, label: jax.Array | None = None, *,
-                    likelihood: str, size: int) -> jax.Array:
-  """(size, size, H, W, C): tile [i, j] decodes z = (grid[j], grid[i]) (2-D latents)."""
-  grid = jax.scipy.stats.norm.ppf(jnp.linspace(0.05, 0.95, size))
-  z1, z0 = jnp.meshgrid(grid, grid, indexing="ij")
-  z = jnp.stack([z0, z1], axis=-1).reshape(size * size, 2)
-  labels = None if label is None else jnp.full((size * size,), label, jnp.int32)
-  images = _decode_mean(model, params, z, labels, likelihood)
-  return images.reshape((size, size) + images.shape[1:])
-
-
-@functools.partial(jax.jit, static_argnames=("model", "likelihood", "samples_per_class"))
-def class_grid(model: nn.Module, params, rng: jax.Array, *, likelihood: str,
-               samples_per_class: int) -> jax.Array:
-  """(num_classes, samples_per_class, H, W, C) for a conditional model.
-
-  Column j uses the same z for every class, so a column holds the style fixed while the
-  label changes.
-  """
-  num_classes = model.num_classes
-  z = jax.random.normal(rng, (samples_per_class, model.latent_dim))
-  z = jnp.broadcast_to(z, (num_classes,) + z.shape).reshape(-1, model.latent_dim)
-  labels = jnp.repeat(jnp.arange(num_classes), samples_per_class)
-  images = _decode_mean(model, params, z, labels, likelihood)
-  return images.reshape((num_classes, samples_per_class) + images.shape[1:])
-
-
-@functools.partial(jax.jit,
-                   static_argnames=("model", "likelihood", "binarization", "num_steps"))
-def interpolate(model: nn.Module, params, starts_uint8: jax.Array, ends_uint8: jax.Array,
-                start_labels: jax.Array, end_labels: jax.Array, rng: jax.Array, *,
-                likelihood: str, binarization: str, num_steps: int):
-  """Decodings along straight lines between the posterior means of pairs of images.
-
-  Returns (start inputs, end inputs, paths (pairs, num_steps, H, W, C)). A conditional
-  model also moves its one-hot label linearly from the start's class to the end's.
-  """
-  start_key, end_key = jax.random.split(rng)
-  starts = input_pipeline.to_model_input(starts_uint8, binarization, start_key)
-  ends = input_pipeline.to_model_input(ends_uint8, binarization, end_key)
-  z_start = model.apply({"params": params}, starts, start_labels, method=model.encode)[0]
-  z_end = model.apply({"params": params}, ends, end_labels, method=model.encode)[0]
-  weights = jnp.linspace(0.0, 1.0, num_steps)[None, :, None]  # (1, steps, 1)
-  z = (1 - weights) * z_start[:, None] + weights * z_end[:, None]
-  labels = None
-  if model.conditional:
-    start_onehot = jax.nn.one_hot(start_labels, model.num_classes)[:, None]
-    end_onehot = jax.nn.one_hot(end_labels, model.num_classes)[:, None]
-    labels = (1 - weights) * start_onehot + weights * end_onehot
-  paths = _decode_mean(model, params, z, labels, likelihood)
-  return starts, ends, paths
-
-
-@functools.partial(jax.jit, static_argnames=("model", "likelihood", "binarization"))
-def denoise(model: nn.Module, params, images_uint8: jax.Array, labels: jax.Array,
-            noise_stds: jax.Array, rng: jax.Array, *, likelihood: str, binarization: str):
-  """Seed 000's denoising test: Gaussian pixel noise, clipped to [0, 1], then reconstruct.
-
-  Returns a dict: `clean` (N, H, W, C) model inputs, `noisy` and `reconstructed`
-  (L, N, H, W, C) for the L noise stds, and per noise level the mean over images of the
-  summed squared error against the clean image, of the reconstruction
-  (`reconstruction_error`) and of the noisy input itself (`input_error`).
-  """
-  binarize_key, noise_key = jax.random.split(rng)
-  clean = input_pipeline.to_model_input(images_uint8, binarization, binarize_key)
-  noise = jax.random.normal(noise_key, clean.shape)
-  noisy = jnp.clip(clean[None] + noise_stds[:, None, None, None, None] * noise[None], 0, 1)
-  reconstructed = jax.vmap(
-      lambda x: _reconstruct_inputs(model, params, x, labels, likelihood))(noisy)
-
-  def error(images):
-    return jnp.mean(jnp.sum(jnp.square(images - clean[None]), axis=(-3, -2, -1)), axis=1)
-
-  return {"clean": clean, "noisy": noisy, "reconstructed": reconstructed,
-          "reconstruction_error": error(reconstructed), "input_error": error(noisy)}
-
-
-
 @functools.partial(jax.jit, static_argnames=("model", "classify", "likelihood",
                                              "samples_per_class"))
 def label_fidelity(model: nn.Module, params, classify, classifier_params, rng: jax.Array, *,
@@ -272,7 +138,7 @@ def label_fidelity(model: nn.Module, params, classify, classifier_params, rng: j
   num_classes = model.num_classes
   z = jax.random.normal(rng, (num_classes * samples_per_class, model.latent_dim))
   labels = jnp.repeat(jnp.arange(num_classes), samples_per_class)
-  images = _decode_mean(model, params, z, labels, likelihood)
+  images = visualize.decode_mean(model, params, z, labels, likelihood)
   predicted = jnp.argmax(classify(classifier_params, images), axis=-1)
   return jnp.mean((predicted == labels).reshape(num_classes, samples_per_class), axis=1)
 
@@ -316,10 +182,6 @@ def format_result(result: dict) -> str:
 
 def main(argv):
   """python -m vae_jax.evaluate --workdir=DIR: the NLL and -ELBO of a run -> DIR/eval.json."""
-  from vae_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from vae_jax import classifier  # pylint: disable=g-import-not-at-top
-  from vae_jax import config_schema  # pylint: disable=g-import-not-at-top
-  from vae_jax import train  # pylint: disable=g-import-not-at-top  (train imports this module)
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   workdir = flags.FLAGS.workdir
@@ -328,7 +190,7 @@ def main(argv):
     if flags.FLAGS.num_importance_samples < 0:
       raise ValueError(f"--num_importance_samples={flags.FLAGS.num_importance_samples} "
                        "must be >= 0 (0: skip the NLL).")
-    run = train.load_run(workdir)
+    run = workdir_lib.load_run(workdir)
     config = run.config.copy_and_resolve_references()  # Unlocked: the sizes may change.
     for key in ("nll_batch_size", "importance_chunk_size"):
       if flags.FLAGS[key].value:  # Speed and memory only: the estimate stays the same.
@@ -343,11 +205,10 @@ def main(argv):
       raise ValueError(f"The {flags.FLAGS.split} split of {run.config.data.name} is empty.")
   except (ValueError, input_pipeline.DataError) as error:
     sys.exit(str(error))
-  mesh = train.make_mesh()
-  replicated = NamedSharding(mesh, P())
+  mesh = parallel.make_mesh()
   result = evaluate_params(
-      run.model, train.replicate(run.params, mesh), config,
-      input_pipeline.to_device(split, replicated), mesh, run.keys["eval"],
+      run.model, parallel.replicate(run.params, mesh), config,
+      input_pipeline.to_device(split, parallel.replicated(mesh)), mesh, run.keys["eval"],
       num_importance_samples=flags.FLAGS.num_importance_samples)
   result.update(split=flags.FLAGS.split, step=run.step)
   if run.model.conditional and flags.FLAGS.label_fidelity_samples:
@@ -364,10 +225,7 @@ def main(argv):
                   label_fidelity_samples_per_class=flags.FLAGS.label_fidelity_samples,
                   classifier_test_accuracy=accuracy)
   print(format_result(result))
-  path = os.path.join(workdir, "eval.json")
-  with open(path, "w") as f:
-    json.dump(result, f, indent=2)
-  print(f"Wrote {path}")
+  print(f"Wrote {workdir_lib.write_json(workdir, workdir_lib.EVAL_FILE, result)}")
 
 if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "A run's workdir (holds config.json, checkpoints/).")

@@ -117,6 +117,16 @@ def elbo_terms(model: nn.Module, variables, image: jax.Array, label, rng: jax.Ar
   sweep gives each model its own).
   """
   eps = jax.random.normal(rng, (num_samples, model.noise_dim), image.dtype)
+  return elbo_terms_from_noise(model, variables, image, label, eps, likelihood=likelihood,
+                               kl_weight=kl_weight, free_bits=free_bits, objective=objective,
+                               train=train, dropout_rng=dropout_rng)
+
+
+def elbo_terms_from_noise(model: nn.Module, variables, image: jax.Array, label,
+                          eps: jax.Array, *, likelihood: str, kl_weight=1.0, free_bits=0.0,
+                          objective: str = "elbo", train: bool = False,
+                          dropout_rng: jax.Array | None = None) -> dict[str, jax.Array]:
+  """elbo_terms with the reparameterization noise given: eps (num_samples, noise_dim)."""
   rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
   outputs = model.apply(variables, image, eps, label, train=train, rngs=rngs)
   log_px_z = log_likelihood(likelihood, image, outputs["decoded"])

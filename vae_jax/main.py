@@ -23,6 +23,7 @@ from vae_jax import checkpoint
 from vae_jax import config_schema
 from vae_jax import input_pipeline
 from vae_jax import train
+from vae_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -67,7 +68,7 @@ def main(argv):
   except train.PreemptedError as preempted:
     print(preempted, file=sys.stderr)
     sys.exit(128 + signal.SIGTERM)
-  except (train.ConfigMismatchError, train.NonFiniteLossError,
+  except (workdir_lib.ConfigMismatchError, train.NonFiniteLossError,
           input_pipeline.DataError) as error:
     sys.exit(str(error))  # The message says what is wrong and what to do.
 

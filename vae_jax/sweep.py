@@ -9,12 +9,13 @@ workdir, DIR/<point>/seed=<seed>, so it resumes where it stopped, and a finished
 Modes (--mode):
   sequential  one run after the other on the local devices (data-parallel as usual);
   vectorized  runs that differ only in the seed and numeric hyperparameters
-              (train.VECTORIZABLE_KEYS) train together as one vmapped program
-              (vae_jax/vectorized.py), up to --max_models_per_program at a time.
-Across hosts or processes: --num_processes=N --process_id=I trains every N-th run from
-the I-th on, each process on its own devices, all writing under the same DIR (a shared
-filesystem); every process aggregates what has finished when it ends, and
---aggregate_only collects the whole sweep once all are done.
+              (steps.VECTORIZABLE_KEYS) train together as one vmapped program
+              (train.train_group), up to --max_models_per_program at a time.
+Across independent processes or hosts: --num_shards=N --shard_index=I trains every N-th
+run from the I-th on, each process on its own devices, all writing under the same DIR (a
+shared filesystem); every process aggregates what has finished when it ends, and
+--aggregate_only collects the whole sweep once all are done. (These are not
+jax.distributed processes: each shard is an ordinary single-host program.)
 
 Results (vae_jax/sweep_results.py): DIR/results.csv (a row per run), DIR/results.md
 (mean ± std over seeds) and DIR/<metric>.png against the swept values; --report=FOLDER
@@ -24,7 +25,6 @@ also writes them into FOLDER/README.md, keeping the text written there by hand.
 import ast
 import dataclasses
 import itertools
-import json
 import os
 import re
 import signal
@@ -39,9 +39,10 @@ import jax
 from vae_jax import checkpoint
 from vae_jax import config_schema
 from vae_jax import input_pipeline
+from vae_jax import steps
 from vae_jax import sweep_results
 from vae_jax import train
-from vae_jax import vectorized
+from vae_jax import workdir as workdir_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_FILE = "result.json"
@@ -129,13 +130,10 @@ def is_finished(run: SweepRun) -> bool:
 
 def _write_result(run: SweepRun, summary: dict, wall_seconds: float,
                   models_per_program: int) -> None:
-  if jax.process_index() != 0:
-    return
   result = {"name": run.name, "point": run.point, "seed": run.seed, "summary": summary,
             "wall_seconds": wall_seconds, "models_per_program": models_per_program,
             "machine": sweep_results.machine()}
-  train.write_atomically(os.path.join(run.workdir, RESULT_FILE),
-                         json.dumps(result, indent=2, default=str))
+  workdir_lib.write_json(run.workdir, RESULT_FILE, result)
 
 
 def groups_for(runs: list[SweepRun], mode: str, max_models: int) -> list[list[SweepRun]]:
@@ -145,7 +143,7 @@ def groups_for(runs: list[SweepRun], mode: str, max_models: int) -> list[list[Sw
     return [[run] for run in runs]
   by_program = {}
   for run in runs:
-    by_program.setdefault(vectorized.program_key(run.config), []).append(run)
+    by_program.setdefault(steps.program_key(run.config), []).append(run)
   groups = []
   for members in by_program.values():
     size = max_models or len(members)
@@ -158,41 +156,48 @@ def train_group(group: list[SweepRun]) -> None:
 
   wall_seconds is the program's time divided among its runs."""
   start = time.time()
-  if len(group) == 1:
-    summaries = [train.train_and_evaluate(group[0].config, group[0].workdir)]
-  else:
-    summaries = vectorized.train_and_evaluate_together(
-        [run.config for run in group], [run.workdir for run in group])
+  summaries = train.train_group([run.config for run in group], [run.workdir for run in group])
   seconds = (time.time() - start) / len(group)
   for run, summary in zip(group, summaries):
     _write_result(run, summary, seconds, len(group))
 
 
 def run_sweep(sweep_path: str, workdir: str, *, mode: str = "sequential",
-              max_models_per_program: int = 0, num_processes: int = 1, process_id: int = 0,
+              max_models_per_program: int = 0, num_shards: int = 1, shard_index: int = 0,
               extra_overrides: dict | None = None, report_dir: str | None = None,
               command: str = "") -> list[str]:
   """Trains this process's unfinished share of the sweep, then aggregates what has
   finished. Returns the names of the runs that failed (their errors are logged)."""
   if mode not in ("sequential", "vectorized"):
     raise ValueError(f"--mode={mode!r} is not one of 'sequential', 'vectorized'.")
-  if not 0 <= process_id < num_processes:
-    raise ValueError(f"--process_id={process_id} must be in [0, --num_processes="
-                     f"{num_processes}).")
+  if num_shards < 1:
+    raise ValueError(f"--num_shards={num_shards} must be >= 1.")
+  if not 0 <= shard_index < num_shards:
+    raise ValueError(f"--shard_index={shard_index} must be in [0, --num_shards="
+                     f"{num_shards}).")
+  if max_models_per_program < 0:
+    raise ValueError(f"--max_models_per_program={max_models_per_program} must be >= 0 "
+                     "(0: no limit).")
   name, sweep = load_sweep(sweep_path)
   runs = expand(sweep, workdir, extra_overrides)
-  mine = runs[process_id::num_processes]
+  mine = runs[shard_index::num_shards]
   todo = [run for run in mine if not is_finished(run)]
   logging.info("Sweep %s: %d runs; this process's share is %d, of which %d are finished "
                "and %d to train (%s).", name, len(runs), len(mine), len(mine) - len(todo),
                len(todo), mode)
+  groups = groups_for(todo, mode, max_models_per_program)
+  for group in groups:  # Every group's keys are checked before anything trains.
+    try:
+      steps.check_vectorizable([run.config for run in group])
+    except ValueError as error:
+      raise ValueError(f"Runs {', '.join(run.name for run in group)}: {error}") from None
   failed = []
-  for group in groups_for(todo, mode, max_models_per_program):
+  for group in groups:
     names = ", ".join(run.name for run in group)
     logging.info("Training %s.", names)
     try:
       train_group(group)
-    except (train.NonFiniteLossError, train.ConfigMismatchError, ValueError) as error:
+    except (train.NonFiniteLossError, workdir_lib.ConfigMismatchError, ValueError) as error:
       # One bad run does not stop the sweep; it is reported and left unfinished.
       logging.error("Failed: %s: %s", names, error)
       failed += [run.name for run in group]
@@ -214,8 +219,9 @@ def _define_flags():
                     "and numeric hyperparameters train as one vmapped program.")
   flags.DEFINE_integer("max_models_per_program", 0,
                        "vectorized: at most this many runs per program (0: no limit).")
-  flags.DEFINE_integer("num_processes", 1, "Processes (hosts) sharing the sweep's runs.")
-  flags.DEFINE_integer("process_id", 0, "This process's index in [0, num_processes).")
+  flags.DEFINE_integer("num_shards", 1, "Independent processes (or hosts) sharing the "
+                       "sweep's runs, each training every num_shards-th run.")
+  flags.DEFINE_integer("shard_index", 0, "This process's share, in [0, num_shards).")
   flags.DEFINE_multi_string("set", [], "KEY=VALUE: a config override for every run, e.g. "
                             "--set=train.num_epochs=1 (values are Python literals).")
   flags.DEFINE_bool("aggregate_only", False, "Only collect finished runs into the results.")
@@ -251,7 +257,7 @@ def main(argv):
       return
     failed = run_sweep(FLAGS.sweep, FLAGS.workdir, mode=FLAGS.mode,
                        max_models_per_program=FLAGS.max_models_per_program,
-                       num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+                       num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index,
                        extra_overrides=_parse_set(FLAGS.set), report_dir=FLAGS.report,
                        command=command)
   except (ValueError, input_pipeline.DataError) as error:

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from vae_jax import figures  # Sets matplotlib's file-only backend.
-from vae_jax import train
+from vae_jax import workdir as workdir_lib
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 # (column, label, key in a run's final summary)
@@ -82,7 +82,7 @@ def write_csv(rows: list[dict], keys: list[str], path: str) -> None:
   writer.writeheader()
   for row in rows:
     writer.writerow({key: format_value(row.get(key, "")) for key in columns})
-  train.write_atomically(path, buffer.getvalue())
+  workdir_lib.write_atomically(path, buffer.getvalue())
 
 
 def format_value(value):
@@ -228,7 +228,7 @@ def aggregate(sweep, runs, workdir: str, *, name: str, report_dir: str | None = 
   plots = [f"{column}.png" for column, label, _ in METRICS if column in PLOTTED
            and plot(rows, keys, column, label, os.path.join(workdir, f"{column}.png"))]
   groups = summarize(rows, keys, sweep)
-  train.write_atomically(os.path.join(workdir, "results.md"),
+  workdir_lib.write_atomically(os.path.join(workdir, "results.md"),
          f"# {name}\n\n" + markdown(name, sweep, keys, groups, rows, len(runs), command,
                                     plots))
   if report_dir:
@@ -255,4 +255,4 @@ def write_report(report_dir: str, name: str, sweep, block: str, plots: list[str]
       text = text.rstrip("\n") + "\n\n" + generated + "\n"
   else:
     text = f"# {name}\n\n{sweep.question}\n\n{generated}\n"
-  train.write_atomically(path, text)
+  workdir_lib.write_atomically(path, text)
