@@ -22,6 +22,7 @@ def _run_benchmark(*flags):
   return result
 
 
+@pytest.mark.slow
 def test_benchmark_prints_a_table_and_writes_json_records(tmp_path):
   path = tmp_path / "bench.json"
   result = _run_benchmark("--configs=mlp2d", "--seconds=0.2", "--steps_per_dispatch=5",
@@ -64,6 +65,7 @@ def test_evaluation_of_a_ragged_split_compiles_once(kind):
   assert evaluator.jitted._cache_size() == 1  # pylint: disable=protected-access
 
 
+@pytest.mark.slow
 def test_vectorized_benchmark_prints_model_steps_and_their_ratio(tmp_path):
   path = tmp_path / "vectorized.json"
   result = _run_benchmark("--configs=iwae", "--seconds=0.2", "--vectorized_models=3",

@@ -25,6 +25,7 @@ def _quadrant_splits(num=640):
   return {"train": split, "validation": split, "test": split}
 
 
+@pytest.mark.slow
 def test_classifier_learns_and_is_cached(tmp_path, monkeypatch):
   monkeypatch.setattr(input_pipeline, "load_splits", lambda data_config: _quadrant_splits())
   data_config = tiny_config().data

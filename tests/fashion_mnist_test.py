@@ -13,6 +13,8 @@ from vae_jax import models
 from vae_jax import parallel
 from vae_jax import steps
 
+pytestmark = pytest.mark.slow  # The real TFDS preparation of Fashion-MNIST.
+
 _NUM_STEPS, _NUM_TEST = 15, 200
 
 

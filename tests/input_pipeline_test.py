@@ -20,6 +20,7 @@ def _data_config(name, manual_dir, tfds_data_dir, validation_size=5000):
                                     "validation_size": validation_size})
 
 
+@pytest.mark.slow
 def test_mnist_splits_match_the_published_counts_and_means(mnist_manual_dir, tfds_data_dir):
   splits = input_pipeline.load_splits(_data_config("mnist", mnist_manual_dir, tfds_data_dir))
   assert {k: v.num_examples for k, v in splits.items()} == {
@@ -41,6 +42,7 @@ def test_mnist_splits_match_the_published_counts_and_means(mnist_manual_dir, tfd
       _data_config("mnist", mnist_manual_dir, tfds_data_dir)) is splits
 
 
+@pytest.mark.slow
 def test_fashion_mnist_loads(mnist_manual_dir, tfds_data_dir):
   splits = input_pipeline.load_splits(
       _data_config("fashion_mnist", mnist_manual_dir, tfds_data_dir))
@@ -49,6 +51,7 @@ def test_fashion_mnist_loads(mnist_manual_dir, tfds_data_dir):
   np.testing.assert_allclose(all_train.mean(), 72.940, atol=5e-4)
 
 
+@pytest.mark.slow
 def test_binarized_mnist_uses_its_own_splits(mnist_manual_dir, tfds_data_dir):
   splits = input_pipeline.load_splits(
       _data_config("binarized_mnist", mnist_manual_dir, tfds_data_dir))
@@ -107,6 +110,7 @@ def test_offline_without_manual_dir_fails_fast(tmp_path, monkeypatch):
   assert time.time() - start < 30
 
 
+@pytest.mark.slow
 def test_corrupt_file_is_reported_as_corrupt(tmp_path, mnist_manual_dir):
   manual = tmp_path / "manual" / "mnist"
   shutil.copytree(os.path.join(mnist_manual_dir, "mnist"), manual)

@@ -27,6 +27,7 @@ def _run_main(*flags, env_extra=None, timeout=600):
                         env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_tiny_main_run_writes_metrics_checkpoint_and_figures(tmp_path, mnist_manual_dir,
                                                              tfds_data_dir):
   workdir = tmp_path / "run"
@@ -39,7 +40,8 @@ def test_tiny_main_run_writes_metrics_checkpoint_and_figures(tmp_path, mnist_man
   events = list(workdir.glob("events.out.tfevents.*"))
   assert len(events) == 1
   event_bytes = events[0].read_bytes()
-  for tag in (b"train_neg_elbo", b"train_reconstruction", b"train_kl", b"test_neg_elbo"):
+  for tag in (b"train/neg_elbo", b"train/reconstruction", b"train/kl", b"test/neg_elbo",
+              b"train/learning_rate", b"train_interval/loss"):
     assert tag in event_bytes, tag
   assert (workdir / "checkpoints" / "30").is_dir()
   for name in ("reconstructions", "prior_samples", "interpolations", "denoising",
@@ -75,6 +77,7 @@ def _run_sample(*flags):
                         capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_sample_cli_draws_a_class_from_a_tiny_conditional_run(tmp_path, mnist_manual_dir,
                                                               tfds_data_dir):
   workdir = tmp_path / "cvae"
@@ -90,7 +93,7 @@ def test_sample_cli_draws_a_class_from_a_tiny_conditional_run(tmp_path, mnist_ma
   assert not (workdir / "figures" / "samples_label3.png").exists()
   trained_figures = {path.name: path.read_bytes() for path in (workdir / "figures").iterdir()}
 
-  result = _run_sample(f"--workdir={workdir}", "--label=3", "--num=16")
+  result = _run_sample(f"--workdir={workdir}", "--label=3", "--num=16", "--all_figures")
   assert result.returncode == 0, result.stderr[-5000:]
   png = (workdir / "figures" / "samples_label3.png").read_bytes()
   assert png.startswith(b"\x89PNG") and len(png) > 1000
@@ -100,7 +103,7 @@ def test_sample_cli_draws_a_class_from_a_tiny_conditional_run(tmp_path, mnist_ma
   for name, png in trained_figures.items():
     assert (workdir / "figures" / name).read_bytes() == png, name
 
-  result = _run_sample(f"--workdir={workdir}", "--label=5", "--num=4", "--noall_figures")
+  result = _run_sample(f"--workdir={workdir}", "--label=5", "--num=4")  # Only what is asked.
   assert result.returncode == 0, result.stderr[-5000:]
   assert result.stdout.split() == [str(workdir / "figures" / "samples_label5.png")]
 
@@ -108,6 +111,7 @@ def test_sample_cli_draws_a_class_from_a_tiny_conditional_run(tmp_path, mnist_ma
   assert result.returncode == 1 and "--label=10 must be in [0, 10)" in result.stderr
 
 
+@pytest.mark.slow
 def test_sample_cli_errors_are_one_line_and_say_what_to_do(tmp_path):
   result = _run_sample(f"--workdir={tmp_path}")
   assert result.returncode == 1
@@ -118,6 +122,7 @@ def test_sample_cli_errors_are_one_line_and_say_what_to_do(tmp_path):
   assert result.returncode == 1 and "No checkpoint" in result.stderr
 
 
+@pytest.mark.slow
 def test_unknown_config_key_fails_before_any_work(tmp_path):
   start = time.time()
   result = _run_main("--config=configs/mlp.py", f"--workdir={tmp_path}",
@@ -128,6 +133,7 @@ def test_unknown_config_key_fails_before_any_work(tmp_path):
   assert time.time() - start < 60
 
 
+@pytest.mark.slow
 def test_bad_enum_value_names_the_key_and_the_allowed_values(tmp_path):
   result = _run_main("--config=configs/mlp.py", f"--workdir={tmp_path}",
                      "--config.data.binarization=foo")
@@ -174,6 +180,7 @@ def test_validate_rejects_bad_values(key, value, expected):
     config_schema.validate(config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, expected", [
     ("--config.train.batch_size=abc", "--config.train.batch_size=abc: invalid literal"),
     ("--config.model.conditional=maybe", "--config.model.conditional=maybe"),
@@ -238,6 +245,7 @@ def _tiny_offline_config(manual_dir, tfds_data_dir, **train_overrides):
   return config
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics_twice(tmp_path, mnist_manual_dir, tfds_data_dir):
   config = _tiny_offline_config(mnist_manual_dir, tfds_data_dir)
   config.model.dropout_rate = 0.2  # Dropout masks come from keys too.
@@ -247,6 +255,7 @@ def test_same_seed_gives_identical_metrics_twice(tmp_path, mnist_manual_dir, tfd
   assert np.isfinite(first["test_neg_elbo"])
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_training_naming_the_step(tmp_path, mnist_manual_dir,
                                                          tfds_data_dir):
   config = _tiny_offline_config(mnist_manual_dir, tfds_data_dir, learning_rate=1e8,
@@ -256,6 +265,7 @@ def test_non_finite_loss_stops_training_naming_the_step(tmp_path, mnist_manual_d
   assert not (tmp_path / "nan" / "checkpoints" / "40").exists()
 
 
+@pytest.mark.slow
 def test_restarting_on_a_workdir_continues_from_its_checkpoint(tmp_path, mnist_manual_dir,
                                                                tfds_data_dir):
   """1 epoch, then the same workdir asked for 2 epochs, equals 2 epochs straight."""

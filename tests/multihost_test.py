@@ -8,17 +8,20 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from tests.conftest import REPO_ROOT
 from vae_jax import config_schema
 from vae_jax import input_pipeline
 from vae_jax import workdir as workdir_lib
 
+pytestmark = pytest.mark.slow  # Several processes.
+
 _FLAGS = ["--config=configs/mlp.py", "--config.model.hidden_dims=(32,)",
           "--config.model.latent_dim=4", "--config.train.batch_size=50",
           "--config.train.num_steps=60", "--config.train.log_every_steps=20",
           "--config.checkpoint_every_steps=40", "--config.figures.num_prior_samples=4",
-          "--config.figures.num_scatter_points=100"]
+          "--config.figures.num_scatter_points=100", "--config.figures.final=False"]
 
 
 def _free_port() -> int:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import fixed_batch_step, tiny_config
+from tests.conftest import tiny_config
 from tests.linear_models import LinearDecoder, LinearGaussian, gaussian_log_density
 from vae_jax import evaluate
 from vae_jax import losses
@@ -108,16 +108,17 @@ def test_elbo_below_iwae_k_below_iwae_k_prime_for_a_trained_model(tmp_path):
   model = models.get_model(config.model)
   mesh = parallel.make_mesh(jax.devices()[:1])
   state = parallel.replicate(steps.create_train_state(model, config, jax.random.key(0)), mesh)
-  step = fixed_batch_step(model, config, mesh)
   rng = np.random.default_rng(0)
   # A small synthetic dataset: 3 blurred prototypes with noise, in uint8.
   prototypes = rng.uniform(size=(3, 28, 28, 1)) > 0.7
   images = np.clip(prototypes[rng.integers(0, 3, 500)] * 200
                    + rng.normal(scale=30, size=(500, 28, 28, 1)), 0, 255).astype(np.uint8)
-  for i in range(config.train.num_steps):
-    batch = images[rng.integers(0, 500, config.train.batch_size)]
-    state, _ = step(state, {"image": jnp.asarray(batch), "label": jnp.zeros(50, jnp.int32)},
-                    jax.random.key(1))
+  # Every step a random batch of 50: one "epoch" of 300 steps, in one dispatch.
+  num_steps = config.train.num_steps
+  program = steps.make_train_program(model, [config], mesh, steps_per_epoch=num_steps)
+  batches = jnp.asarray(rng.integers(0, 500, (num_steps, config.train.batch_size)), jnp.int32)
+  dataset = {"image": jnp.asarray(images), "label": jnp.zeros(500, jnp.int32)}
+  state, _ = program(state, dataset, batches, jax.random.key(1), num_steps)
   test_images = jnp.asarray(images[:100], jnp.float32) / 255.0
 
   def bound(k):

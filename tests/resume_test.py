@@ -31,7 +31,7 @@ _FLAGS = [
     f"--config.train.num_steps={_NUM_STEPS}", "--config.train.log_every_steps=50",
     f"--config.checkpoint_every_steps={_EVERY}", "--config.checkpoints_to_keep=3",
     "--config.train.progress_every_seconds=0.5", "--config.figures.num_prior_samples=4",
-    "--config.figures.num_scatter_points=100",
+    "--config.figures.num_scatter_points=100", "--config.figures.final=False",
 ]
 
 
@@ -96,6 +96,7 @@ def uninterrupted(tmp_path_factory, mnist_manual_dir, tfds_data_dir):
   return _final(workdir)
 
 
+@pytest.mark.slow
 def test_sigkill_then_the_same_command_gives_the_uninterrupted_run(
     tmp_path, mnist_manual_dir, tfds_data_dir, uninterrupted):
   workdir = tmp_path / "run"
@@ -108,6 +109,7 @@ def test_sigkill_then_the_same_command_gives_the_uninterrupted_run(
   _assert_same_run(workdir, uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_where_it_stopped_then_resumes_exactly(
     tmp_path, mnist_manual_dir, tfds_data_dir, uninterrupted):
   workdir = tmp_path / "run"
@@ -125,6 +127,7 @@ def test_sigterm_saves_where_it_stopped_then_resumes_exactly(
   _assert_same_run(workdir, uninterrupted)
 
 
+@pytest.mark.slow
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
     tmp_path, mnist_manual_dir, tfds_data_dir, uninterrupted):
   workdir = tmp_path / "run"
@@ -147,6 +150,7 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
   _assert_same_run(workdir, uninterrupted)
 
 
+@pytest.mark.slow
 def test_a_changed_config_is_refused_with_the_differing_keys(tmp_path, mnist_manual_dir,
                                                              tfds_data_dir):
   config = tiny_config(manual_dir=mnist_manual_dir, tfds_data_dir=tfds_data_dir)
@@ -208,6 +212,7 @@ def _steps_with_example(config, example, num_epochs):
   return found
 
 
+@pytest.mark.slow
 def test_a_nan_batch_stops_the_run_naming_the_step(tmp_path, nan_on_marked_image):
   config = tiny_config()
   config.train.num_steps, config.train.num_epochs = 0, 2  # 25 steps per epoch.
@@ -219,6 +224,7 @@ def test_a_nan_batch_stops_the_run_naming_the_step(tmp_path, nan_on_marked_image
   assert all(step < bad_step for step in _saved_steps(tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_skipping_non_finite_updates_completes_and_counts_them(tmp_path, nan_on_marked_image):
   config = tiny_config()
   config.train.num_steps, config.train.num_epochs = 0, 2

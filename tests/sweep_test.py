@@ -48,6 +48,7 @@ def _rows(workdir):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["sequential", "vectorized"])
 def test_tiny_sweep_writes_results_and_skips_finished_runs(tmp_path, mnist_manual_dir,
                                                            tfds_data_dir, mode):
@@ -67,6 +68,10 @@ def test_tiny_sweep_writes_results_and_skips_finished_runs(tmp_path, mnist_manua
     assert f'"test_neg_elbo": {row["test_elbo_nats"]}' in history[-1]
     assert float(row["test_nll_nats"]) < float(row["test_elbo_nats"]) + 1.0
     assert float(row["wall_seconds"]) > 0
+    # Every mode writes what a run alone writes (tests/vectorized_test.py compares them).
+    assert (run_dir / "timings.json").is_file() and (run_dir / "eval.json").is_file()
+    [events] = run_dir.glob("events.out.tfevents.*")
+    assert b"train_interval/loss" in events.read_bytes()
   assert rows[0]["test_elbo_nats"] != rows[1]["test_elbo_nats"]  # Seeds differ.
   table = (workdir / "results.md").read_text()
   assert "| loss.kl_weight | seeds | test −ELBO (nats) | test NLL (nats) |" in table
@@ -84,12 +89,13 @@ def test_tiny_sweep_writes_results_and_skips_finished_runs(tmp_path, mnist_manua
   assert _rows(workdir) == rows
 
 
+@pytest.mark.slow
 def test_two_processes_split_the_runs(tmp_path, mnist_manual_dir, tfds_data_dir):
   sweep_file, workdir = _write_sweep(tmp_path, tfds_data_dir), tmp_path / "sweep"
   env = dict(os.environ, VAE_JAX_MANUAL_DIR=mnist_manual_dir)
   processes = [subprocess.Popen(
       [sys.executable, "-m", "vae_jax.sweep", f"--sweep={sweep_file}",
-       f"--workdir={workdir}", "--num_processes=2", f"--process_id={index}"],
+       f"--workdir={workdir}", "--num_shards=2", f"--shard_index={index}"],
       cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for index in range(2)]
   logs = [process.communicate(timeout=600)[1] for process in processes]

@@ -87,6 +87,7 @@ def test_train_steps_do_not_retrace_across_dispatches():
   assert int(state.step) == 11
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps_per_dispatch", [4, 7])
 def test_scanned_dispatches_give_the_parameters_of_single_steps(tmp_path, monkeypatch,
                                                                 steps_per_dispatch):
@@ -127,6 +128,7 @@ def test_phase_timer_counts_nested_phases_once(monkeypatch):
   assert seconds["total"] == 30.0
 
 
+@pytest.mark.slow
 def test_a_run_writes_its_time_by_phase(tmp_path, monkeypatch):
   monkeypatch.setattr(input_pipeline, "load_splits", lambda data_config: synthetic_splits())
   config = tiny_config()

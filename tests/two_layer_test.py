@@ -112,7 +112,9 @@ def test_the_papers_two_layer_model_has_its_layer_sizes():
   config_schema.validate(config)
   model = models.get_model(config.model)
   assert (model.latent_dim, model.noise_dim) == (50, 150)
-  params = steps.create_train_state(model, config, jax.random.key(0)).params
+  # Shapes only: eval_shape traces the initialization without compiling or running it.
+  params = jax.eval_shape(lambda: steps.create_train_state(
+      model, config, jax.random.key(0)).params)
   shapes = jax.tree.map(lambda p: p.shape, params)
   assert shapes["bottom_encoder"]["Dense_0"]["kernel"] == (784, 200)
   assert shapes["bottom_encoder"]["Dense_1"]["kernel"] == (200, 200)

@@ -1,5 +1,7 @@
 """K runs trained as one vmapped program equal the same runs trained one by one."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ from vae_jax import input_pipeline
 from vae_jax import steps
 from vae_jax import train
 from vae_jax import workdir as workdir_lib
+
+pytestmark = pytest.mark.slow  # Whole training runs.
 
 # (seed, learning rate, KL weight, KL warm-up epochs, free bits): every vectorizable key
 # varies somewhere, and run 0 keeps all of them at their defaults.
@@ -31,6 +35,7 @@ def _config(seed, learning_rate, kl_weight, warmup, free_bits):
   config.data.binarization = "dynamic"
   config.model.dropout_rate = 0.1
   config.figures.final = False  # Figures are tested elsewhere; the test wants speed.
+  config.figures.every_epochs = 1  # But the periodic ones, as every run writes them.
   return config
 
 
@@ -86,6 +91,32 @@ def test_each_run_logs_the_same_metrics_as_alone(trained):
                                    err_msg=name)
   for summary_alone, summary_together in zip(alone_summaries, together_summaries):
     assert summary_alone.keys() == summary_together.keys()
+
+
+def _files_and_tags(workdir):
+  """The workdir's files (one name for the TensorBoard events file) and the tags in it."""
+  names = set()
+  for path in workdir.rglob("*"):
+    relative = str(path.relative_to(workdir))
+    if path.is_file() and not relative.startswith("checkpoints"):
+      names.add("events" if path.name.startswith("events.out.tfevents") else relative)
+  [events] = workdir.glob("events.out.tfevents.*")
+  tags = set(re.findall(rb"(?:train|test|train_interval|figures)/[a-z_]+",
+                        events.read_bytes()))
+  return names, tags, b"_hparams_/session_start_info" in events.read_bytes()
+
+
+def test_a_run_of_a_group_writes_the_files_of_a_run_alone(trained):
+  """timings.json, hparams, train_interval/* scalars, periodic figures: all as alone."""
+  alone, together, _, _ = trained
+  names, tags, hparams = _files_and_tags(alone[0])
+  assert {"config.json", "epoch_metrics.jsonl", "timings.json", "events"} <= names
+  assert {b"train_interval/loss", b"train_interval/steps_per_sec",
+          b"train_interval/learning_rate", b"train/neg_elbo", b"train/learning_rate",
+          b"test/neg_elbo", b"figures/reconstructions", b"figures/prior_samples"} <= tags
+  assert hparams
+  for workdir in together:
+    assert _files_and_tags(workdir) == (names, tags, hparams)
 
 
 def test_warmup_and_free_bits_change_training(trained):
