@@ -23,5 +23,12 @@ setuptools.setup(
         "absl-py>=2.0",
         "ml-collections>=0.1.1",
     ],
-    extras_require={"test": ["pytest>=7", "chex>=0.1.87"]},
+    extras_require={
+        "test": ["pytest>=7", "chex>=0.1.87"],
+        # The accelerator builds of JAX: pip install -e '.[cuda]' (NVIDIA GPUs, CUDA 13
+        # wheels; '.[cuda12]' for CUDA 12 drivers) or -e '.[tpu]' (Cloud TPU VMs).
+        "cuda": ["jax[cuda13]>=0.10"],
+        "cuda12": ["jax[cuda12]>=0.10"],
+        "tpu": ["jax[tpu]>=0.10"],
+    },
 )

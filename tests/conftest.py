@@ -2,8 +2,6 @@
 
 import os
 import pathlib
-import shutil
-import tempfile
 
 import jax
 import numpy as np
@@ -13,22 +11,19 @@ from vae_jax import config_schema
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# One XLA compilation cache for the whole test run, this process's and its subprocesses'
-# (they inherit the environment): many tests build the same tiny programs, and a cache
-# hit loads the very executable a compile would give. New for each run, so every run
-# compiles each distinct program once.
-_COMPILATION_CACHE = tempfile.mkdtemp(prefix="vae_jax_tests_xla_cache_")
+# One XLA compilation cache for the test runs, this process's and its subprocesses' (they
+# inherit the environment): many tests build the same tiny programs, a cache hit loads the
+# very executable a compile would give, and XLA keys each entry by the program, JAX's
+# version and the flags, so a stale entry is never used. It persists between runs, which
+# speeds up the edit-test loop; $VAE_JAX_TEST_XLA_CACHE moves it.
+_COMPILATION_CACHE = os.environ.get("VAE_JAX_TEST_XLA_CACHE") or os.path.join(
+    os.path.expanduser("~"), ".cache", "vae_jax", "test_xla_cache")
 _CACHE_SETTINGS = {"jax_compilation_cache_dir": _COMPILATION_CACHE,
                    "jax_persistent_cache_min_compile_time_secs": 0,
                    "jax_persistent_cache_min_entry_size_bytes": 0}
 for _name, _value in _CACHE_SETTINGS.items():
   jax.config.update(_name, _value)
   os.environ[_name.upper()] = str(_value)
-
-
-def pytest_sessionfinish(session, exitstatus):
-  del session, exitstatus
-  shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
 
 
 def manual_dir() -> str | None:

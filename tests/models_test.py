@@ -138,6 +138,11 @@ def test_dropout_is_active_in_training_and_off_in_evaluation_and_sampling(name):
   np.testing.assert_array_equal(samples[0], samples[1])
 
 
+def test_the_config_schema_names_every_activation_and_initializer_the_models_know():
+  assert set(config_schema.ACTIVATIONS) == set(models.ACTIVATIONS)
+  assert set(config_schema.KERNEL_INITS) == set(models.KERNEL_INITS)
+
+
 def test_unknown_model_name_is_refused():
   with pytest.raises(ValueError, match="Unknown config.model.name"):
     models.get_model(_model_config("transformer"))

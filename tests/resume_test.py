@@ -222,6 +222,9 @@ def test_a_nan_batch_stops_the_run_naming_the_step(tmp_path, nan_on_marked_image
     train.train_and_evaluate(config, str(tmp_path / "run"))
   # No checkpoint at or after the bad step: the last one left is from before it.
   assert all(step < bad_step for step in _saved_steps(tmp_path / "run"))
+  # What was logged before the stop reached TensorBoard (the writers flush on the error).
+  [events] = (tmp_path / "run").glob("events.out.tfevents.*")
+  assert b"_hparams_/session_start_info" in events.read_bytes()
 
 
 @pytest.mark.slow

@@ -48,19 +48,12 @@ def _rows(workdir):
     return list(csv.DictReader(f))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["sequential", "vectorized"])
-def test_tiny_sweep_writes_results_and_skips_finished_runs(tmp_path, mnist_manual_dir,
-                                                           tfds_data_dir, mode):
-  sweep_file, workdir = _write_sweep(tmp_path, tfds_data_dir), tmp_path / "sweep"
-  result = _run_sweep(f"--sweep={sweep_file}", f"--workdir={workdir}", f"--mode={mode}",
-                      manual_dir=mnist_manual_dir)
-  assert "4 runs; this process's share is 4, of which 0 are finished and 4 to train" in (
-      result.stderr)
+def _check_results(workdir, models_per_program):
+  """results.csv, results.md and the plots hold each run's own final numbers."""
   rows = _rows(workdir)
   assert [(r["loss.kl_weight"], r["seed"]) for r in rows] == [
       ("0.5", "0"), ("0.5", "1"), ("2.0", "0"), ("2.0", "1")]
-  assert {r["models_per_program"] for r in rows} == {"4" if mode == "vectorized" else "1"}
+  assert {r["models_per_program"] for r in rows} == {str(models_per_program)}
   for row in rows:
     run_dir = workdir / row["point"] / f"seed={row['seed']}"
     # The row holds the run's own final numbers: its history's last entry and eval.json.
@@ -78,19 +71,27 @@ def test_tiny_sweep_writes_results_and_skips_finished_runs(tmp_path, mnist_manua
   assert table.count(" ± ") >= 8  # Mean ± std of 4 metrics and the time, per point.
   for plot in ("test_elbo_nats.png", "test_nll_nats.png", "test_kl_nats.png"):
     assert (workdir / plot).stat().st_size > 1000
+  return rows
+
+
+def _check_skips_finished_runs(sweep_file, workdir, manual_dir, *flags):
+  rows = _rows(workdir)
   stamps = {p: p.stat().st_mtime_ns for p in workdir.glob("*/seed=*/result.json")}
   assert len(stamps) == 4
-
-  again = _run_sweep(f"--sweep={sweep_file}", f"--workdir={workdir}", f"--mode={mode}",
-                     manual_dir=mnist_manual_dir)
-  assert "of which 4 are finished and 0 to train" in again.stderr
+  again = _run_sweep(f"--sweep={sweep_file}", f"--workdir={workdir}", *flags,
+                     manual_dir=manual_dir)
+  assert "4 runs; this process's share is 4, of which 4 are finished and 0 to train" in (
+      again.stderr)
   assert "Training " not in again.stderr
   assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
   assert _rows(workdir) == rows
 
 
 @pytest.mark.slow
-def test_two_processes_split_the_runs(tmp_path, mnist_manual_dir, tfds_data_dir):
+def test_two_shards_split_the_runs_then_a_rerun_skips_them(tmp_path, mnist_manual_dir,
+                                                           tfds_data_dir):
+  """Sequential mode in two independent processes (--num_shards=2), then the whole sweep
+  again in one: it finds the 4 runs finished, trains nothing and aggregates them."""
   sweep_file, workdir = _write_sweep(tmp_path, tfds_data_dir), tmp_path / "sweep"
   env = dict(os.environ, VAE_JAX_MANUAL_DIR=mnist_manual_dir)
   processes = [subprocess.Popen(
@@ -107,7 +108,41 @@ def test_two_processes_split_the_runs(tmp_path, mnist_manual_dir, tfds_data_dir)
   assert "Training loss.kl_weight=0.5/seed=1." in logs[1]
   _run_sweep(f"--sweep={sweep_file}", f"--workdir={workdir}", "--aggregate_only",
              manual_dir=mnist_manual_dir)
-  assert len(_rows(workdir)) == 4
+  _check_results(workdir, models_per_program=1)
+  _check_skips_finished_runs(sweep_file, workdir, mnist_manual_dir)
+
+
+@pytest.mark.slow
+def test_a_vectorized_sweep_writes_results_and_skips_finished_runs(tmp_path, mnist_manual_dir,
+                                                                  tfds_data_dir):
+  sweep_file, workdir = _write_sweep(tmp_path, tfds_data_dir), tmp_path / "sweep"
+  result = _run_sweep(f"--sweep={sweep_file}", f"--workdir={workdir}", "--mode=vectorized",
+                      manual_dir=mnist_manual_dir)
+  assert "4 runs; this process's share is 4, of which 0 are finished and 4 to train" in (
+      result.stderr)
+  _check_results(workdir, models_per_program=4)
+  _check_skips_finished_runs(sweep_file, workdir, mnist_manual_dir, "--mode=vectorized")
+
+
+def test_bad_runner_flags_and_mismatched_groups_fail_before_training(tmp_path):
+  with pytest.raises(ValueError, match=r"--shard_index=2 must be in \[0, --num_shards=2\)"):
+    sweep.run_sweep(str(REPO_ROOT / "experiments" / "latent_dim.py"), str(tmp_path), num_shards=2, shard_index=2)
+  with pytest.raises(ValueError, match="--max_models_per_program=-1 must be >= 0"):
+    sweep.run_sweep(str(REPO_ROOT / "experiments" / "latent_dim.py"), str(tmp_path), max_models_per_program=-1)
+  with pytest.raises(ValueError, match="--mode='parallel' is not one of"):
+    sweep.run_sweep(str(REPO_ROOT / "experiments" / "latent_dim.py"), str(tmp_path), mode="parallel")
+  # Runs that may share a program but not a cadence: refused before anything trains.
+  definition = tmp_path / "cadence.py"
+  definition.write_text(textwrap.dedent("""
+      from vae_jax import sweep
+      def get_sweep():
+        return sweep.Sweep(question="?", config="configs/mlp.py",
+                           points=[{"train.log_every_steps": 10},
+                                   {"train.log_every_steps": 20}])
+  """))
+  with pytest.raises(ValueError, match="need the same config.train.log_every_steps"):
+    sweep.run_sweep(str(definition), str(tmp_path / "runs"), mode="vectorized")
+  assert not (tmp_path / "runs").exists()
 
 
 def test_report_keeps_the_text_written_by_hand(tmp_path):

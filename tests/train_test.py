@@ -31,6 +31,32 @@ def _setup(config, seed=0):
   return model, mesh, state
 
 
+def test_the_cadence_stops_where_the_host_acts():
+  """Epochs of 25 steps, logs every 10, checkpoints every 6, 60 steps, 4 per dispatch."""
+  cadence = train.Cadence(steps_per_epoch=25, num_steps=60, log_every_steps=10,
+                          checkpoint_every_steps=6, steps_per_dispatch=4,
+                          figures_every_epochs=2)
+  step, stops = 0, []
+  while step < cadence.num_steps:
+    step += cadence.dispatch_size(step)
+    if cadence.is_log_step(step) or cadence.is_save_step(step):
+      stops.append(step)
+  # Every multiple of 6 and 10, the epoch ends 25 and 50, and the end: nothing skipped.
+  assert stops == [6, 10, 12, 18, 20, 24, 25, 30, 36, 40, 42, 48, 50, 54, 60]
+  assert cadence.next_stop(25) == 30 and cadence.dispatch_size(25) == 4
+  assert cadence.dispatch_size(27) == 1  # 27 + 4 would pass the stop at 30.
+  assert [s for s in range(61) if cadence.is_epoch_end(s) and s] == [25, 50, 60]
+  assert [s for s in range(61) if cadence.draws_figures(s)] == [50]  # Not at the end.
+  assert not train.Cadence(25, 60, 10, 0, 4, 0).is_save_step(30)
+
+
+def test_all_finite_finds_a_nan_or_inf_in_any_leaf():
+  tree = {"a": jnp.ones((3, 2)), "b": [jnp.zeros(4), jnp.arange(5.0)]}
+  assert bool(steps.all_finite(tree))
+  for bad in (jnp.nan, jnp.inf, -jnp.inf):
+    assert not bool(steps.all_finite({**tree, "a": tree["a"].at[2, 1].set(bad)}))
+
+
 def test_train_step_lowers_the_loss_on_a_fixed_batch():
   config = tiny_config()
   model, mesh, state = _setup(config)

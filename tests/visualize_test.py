@@ -24,6 +24,7 @@ _HISTORY = [{"epoch": e, "step": 10 * e, "train_neg_elbo": 200.0 - e, "train_kl"
              "test_kl": 5.0, "test_reconstruction": 196.0 - e} for e in (1, 2)]
 
 
+@pytest.mark.slow  # Draws and saves every figure of four models with matplotlib.
 @pytest.mark.parametrize("name, conditional, latent_dim, layers, expected", [
     ("mlp", False, 2, 1, {"reconstructions", "prior_samples", "latent_manifold",
                           "latent_scatter", "interpolations", "denoising", "denoising_error",

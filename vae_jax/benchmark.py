@@ -152,7 +152,7 @@ def make_minimal_program(model, config, steps_per_epoch: int):
 
 
 def _interleaved_rates(dispatches: dict, steps_per_call: int, seconds: float,
-                       rounds: int = 3) -> dict[str, float]:
+                       rounds: int = 5) -> dict[str, float]:
   """steps/s of each blocking dispatch, timed in turn for `rounds` rounds of
   seconds/rounds each; the best round of each, so a noisy neighbour hurts neither."""
   rates = {name: 0.0 for name in dispatches}

@@ -80,7 +80,7 @@ class Cadence:
   def draws_figures(self, step: int) -> bool:
     every = self.figures_every_epochs
     epochs, partial = divmod(step, self.steps_per_epoch)
-    return bool(every) and not partial and epochs % every == 0 and step < self.num_steps
+    return bool(every) and not partial and epochs % every == 0 and 0 < step < self.num_steps
 
   def next_stop(self, step: int) -> int:
     """The first step after `step` where the host logs or saves (or the run ends)."""
@@ -107,9 +107,9 @@ def check_finite(step_metrics: list[dict], first_step: int, checkpoint_step) -> 
       kept = (f"the last checkpoint (step {checkpoint_step}) was left in place"
               if checkpoint_step is not None else "no checkpoint was written")
       raise NonFiniteLossError(
-          f"Non-finite training metrics at step {first_step + offset + 1}: {bad} "
-          "(grad_norm covers every gradient). Lower config.train.learning_rate or check "
-          "the data, or set config.train.skip_nonfinite_updates=True to skip such updates; "
+          f"Non-finite training metrics at step {first_step + offset + 1}: {bad}. Lower "
+          "config.train.learning_rate or check the data, or set "
+          "config.train.skip_nonfinite_updates=True to skip such updates; "
           f"{kept}.")
 
 
@@ -388,8 +388,16 @@ class Group:
                      if train_means.get("skipped_updates") else "")
 
   def save(self) -> None:
-    """A checkpoint of every member at this step, its metrics checked first."""
+    """A checkpoint of every member at this step, its metrics and parameters checked."""
     self.fetch_metrics()  # Never saves a state whose metrics were not checked.
+    if not self.config.train.skip_nonfinite_updates and not bool(
+        steps.all_finite(self.state.params)):
+      # A non-finite gradient in the last step shows in the parameters before any loss.
+      raise NonFiniteLossError(
+          f"Non-finite parameters after step {self.step}: a gradient was NaN or inf. "
+          "Lower config.train.learning_rate or check the data, or set "
+          "config.train.skip_nonfinite_updates=True to skip such updates; the last "
+          f"checkpoint (step {self.checkpoint_step}) was left in place.")
     with self.timer.phase("checkpoints"):
       for index, member in enumerate(self.members):
         state = steps.unstack(self.state, index) if self.vectorized else self.state
@@ -466,8 +474,9 @@ def train_group(configs: list, workdirs: list[str],
     logging.info("The checkpoints in %s are at step %d of %d: nothing left to train.",
                  ", ".join(workdirs), start_step, cadence.num_steps)
   elif start_step:
-    logging.info("Resuming %d run(s) at step %d of %d (epoch %.2f).", len(configs),
-                 start_step, cadence.num_steps, start_step / cadence.steps_per_epoch)
+    logging.info("Resuming %sat step %d of %d (epoch %.2f).",
+                 f"{len(configs)} runs " if group.vectorized else "", start_step,
+                 cadence.num_steps, start_step / cadence.steps_per_epoch)
   else:
     for member in group.members:
       workdir_lib.write_hparams(member.writer, member.config)
