@@ -154,8 +154,8 @@ def make_train_step(model: nn.Module, config, steps_per_epoch: int):
     if skip_nonfinite:
       # A non-finite gradient makes grad_norm non-finite. A skipped update keeps the
       # parameters and Adam's moments but advances the step (and with it the data).
-      # Only here: the norm's passes over the gradients cost 10-20% of a small MLP's
-      # step on CPU (python -m vae_jax.benchmark, "of minimal"). Without it, a NaN
+      # Only here: the norm's passes over the gradients were the largest cost beside a
+      # small MLP's step on CPU (python -m vae_jax.benchmark, "of minimal"). Without it, a NaN
       # gradient shows in the next step's loss, and the loop checks the parameters
       # before every checkpoint.
       metrics["grad_norm"] = optax.tree.norm(grads)
