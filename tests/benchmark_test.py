@@ -26,8 +26,9 @@ def _run_benchmark(*flags):
 def test_benchmark_prints_a_table_and_writes_json_records(tmp_path):
   path = tmp_path / "bench.json"
   result = _run_benchmark("--configs=mlp2d", "--seconds=0.2", "--steps_per_dispatch=5",
-                          f"--json={path}")
+                          "--roofline_max_size=512", f"--json={path}")
   assert "float32 matmul roofline:" in result.stdout
+  assert "(best of square sizes 256-512, at " in result.stdout
   assert "| config | batch | per dispatch |" in result.stdout
   [record] = json.loads(path.read_text())
   for key in ("config", "steps_per_sec", "examples_per_sec", "roofline_steps_per_sec",

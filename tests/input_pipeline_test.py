@@ -21,7 +21,8 @@ def _data_config(name, manual_dir, tfds_data_dir, validation_size=5000):
 
 
 @pytest.mark.slow
-def test_mnist_splits_match_the_published_counts_and_means(mnist_manual_dir, tfds_data_dir):
+def test_mnist_splits_match_the_published_counts_and_means(mnist_manual_dir, tfds_data_dir,
+                                                           monkeypatch):
   splits = input_pipeline.load_splits(_data_config("mnist", mnist_manual_dir, tfds_data_dir))
   assert {k: v.num_examples for k, v in splits.items()} == {
       "train": 55000, "validation": 5000, "test": 10000}
@@ -33,13 +34,35 @@ def test_mnist_splits_match_the_published_counts_and_means(mnist_manual_dir, tfd
   all_train = np.concatenate([splits["train"].images, splits["validation"].images])
   np.testing.assert_allclose(all_train.mean(), 33.318, atol=5e-4)
   np.testing.assert_allclose(splits["test"].images.mean(), 33.791, atol=5e-4)
-  # The carved validation split is the same on every read (past the process's cache),
-  # and a second load_splits returns the cached arrays.
-  again = input_pipeline._load_splits(  # pylint: disable=protected-access
-      _data_config("mnist", mnist_manual_dir, tfds_data_dir))
-  np.testing.assert_array_equal(again["validation"].images, splits["validation"].images)
+  # A second load_splits returns the process's arrays.
   assert input_pipeline.load_splits(
       _data_config("mnist", mnist_manual_dir, tfds_data_dir)) is splits
+  # A new process reads the decoded arrays the first read cached, bit for bit, and the
+  # carved validation split is TFDS's own slice of the training split.
+  cache = os.path.join(tfds_data_dir, "mnist", "3.0.1", input_pipeline.DECODED_ARRAYS_FILE)
+  assert os.path.isfile(cache)
+  again = input_pipeline._load_splits(  # pylint: disable=protected-access
+      _data_config("mnist", mnist_manual_dir, tfds_data_dir))
+  for name, split in splits.items():
+    np.testing.assert_array_equal(again[name].images, split.images)
+    np.testing.assert_array_equal(again[name].labels, split.labels)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds_slice = tfds.as_numpy(tfds.load("mnist", split="train[55000:]", data_dir=tfds_data_dir,
+                                       batch_size=-1, download=False))
+  np.testing.assert_array_equal(again["validation"].images, tfds_slice["image"])
+  np.testing.assert_array_equal(again["validation"].labels, tfds_slice["label"])
+  # A damaged cache is read from TFDS again, with a warning, and rewritten.
+  size = os.path.getsize(cache)
+  with open(cache, "r+b") as f:
+    f.truncate(size // 2)
+  warnings = []
+  monkeypatch.setattr(input_pipeline.logging, "warning",
+                      lambda fmt, *args: warnings.append(fmt % args))
+  repaired = input_pipeline._load_splits(  # pylint: disable=protected-access
+      _data_config("mnist", mnist_manual_dir, tfds_data_dir))
+  np.testing.assert_array_equal(repaired["train"].images, splits["train"].images)
+  assert len(warnings) == 1 and "does not load" in warnings[0], warnings
+  assert os.path.getsize(cache) == size
 
 
 @pytest.mark.slow

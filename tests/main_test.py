@@ -10,12 +10,14 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, shipped_config, tiny_config
+from tests.conftest import REPO_ROOT, shipped_config, synthetic_splits, tiny_config
 from vae_jax import config_schema
+from vae_jax import input_pipeline
+from vae_jax import sample
 from vae_jax import train
 
 _TINY_FLAGS = [
-    "--config.model.hidden_dims=(32,)", "--config.model.latent_dim=4",
+    "--config.model.hidden_dims=(32,)",  # configs/cvae.py's 2-D latent space, for its figures.
     "--config.train.batch_size=50", "--config.train.num_steps=30",
     "--config.train.log_every_steps=10", "--config.figures.num_prior_samples=4",
 ]
@@ -27,12 +29,20 @@ def _run_main(*flags, env_extra=None, timeout=600):
                         env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _run_sample(*flags):
+  return subprocess.run([sys.executable, "-m", "vae_jax.sample", *flags], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.slow
-def test_tiny_main_run_writes_metrics_checkpoint_and_figures(tmp_path, mnist_manual_dir,
-                                                             tfds_data_dir):
-  workdir = tmp_path / "run"
-  result = _run_main("--config=configs/mlp.py", f"--workdir={workdir}",
-                     f"--config.data.tfds_data_dir={tfds_data_dir}", *_TINY_FLAGS,
+def test_tiny_main_run_then_the_evaluate_and_sample_clis_on_it(tmp_path, mnist_manual_dir,
+                                                                tfds_data_dir):
+  """One tiny conditional run through the real entry points (one run pays for all three)."""
+  workdir = tmp_path / "cvae"
+  result = _run_main("--config=configs/cvae.py", f"--workdir={workdir}",
+                     f"--config.data.tfds_data_dir={tfds_data_dir}",
+                     *_TINY_FLAGS,
+                     "--config.figures.manifold_size=4", "--config.figures.num_scatter_points=100",
                      env_extra={"VAE_JAX_MANUAL_DIR": mnist_manual_dir})
   assert result.returncode == 0, result.stderr[-5000:]
   assert "test -ELBO" in result.stderr
@@ -44,19 +54,18 @@ def test_tiny_main_run_writes_metrics_checkpoint_and_figures(tmp_path, mnist_man
               b"train/learning_rate", b"train_interval/loss"):
     assert tag in event_bytes, tag
   assert (workdir / "checkpoints" / "30").is_dir()
-  for name in ("reconstructions", "prior_samples", "interpolations", "denoising",
-               "denoising_error", "training_curves"):
+  for name in ("reconstructions", "class_grid", "interpolations", "denoising",
+               "denoising_error", "training_curves", "latent_manifold", "latent_scatter"):
     png = (workdir / "figures" / f"{name}.png").read_bytes()
-    assert png.startswith(b"\x89PNG") and len(png) > 1000
+    assert png.startswith(b"\x89PNG") and len(png) > 1000, name
     assert f"figures/{name}".encode() in event_bytes  # Also a TensorBoard image.
+  assert not (workdir / "figures" / "samples_label3.png").exists()
+  trained_figures = {path.name: path.read_bytes() for path in (workdir / "figures").iterdir()}
 
-  result = _run_sample(f"--workdir={workdir}", "--label=3")
-  assert result.returncode == 1 and "needs a conditional model" in result.stderr
-
-  # The evaluate CLI on the same run: eval.json, and the -ELBO that training logged.
+  # The evaluate CLI: eval.json, and the -ELBO that training logged.
   result = subprocess.run([sys.executable, "-m", "vae_jax.evaluate", f"--workdir={workdir}",
-                           "--num_importance_samples=20"], cwd=REPO_ROOT,
-                          env=dict(os.environ, VAE_JAX_MANUAL_DIR=mnist_manual_dir),
+                           "--num_importance_samples=20", "--label_fidelity_samples=0"],
+                          cwd=REPO_ROOT, env=dict(os.environ, VAE_JAX_MANUAL_DIR=mnist_manual_dir),
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-5000:]
   assert "test -ELBO" in result.stdout and "NLL" in result.stdout
@@ -71,28 +80,7 @@ def test_tiny_main_run_writes_metrics_checkpoint_and_figures(tmp_path, mnist_man
   assert 0 < evaluation["nll_nats"] < evaluation["neg_elbo_nats"]
   assert 0 < evaluation["nll_stderr"] < 5
 
-
-def _run_sample(*flags):
-  return subprocess.run([sys.executable, "-m", "vae_jax.sample", *flags], cwd=REPO_ROOT,
-                        capture_output=True, text=True, timeout=600)
-
-
-@pytest.mark.slow
-def test_sample_cli_draws_a_class_from_a_tiny_conditional_run(tmp_path, mnist_manual_dir,
-                                                              tfds_data_dir):
-  workdir = tmp_path / "cvae"
-  result = _run_main("--config=configs/cvae.py", f"--workdir={workdir}",
-                     f"--config.data.tfds_data_dir={tfds_data_dir}",
-                     f"--config.data.manual_dir={mnist_manual_dir}",
-                     "--config.model.hidden_dims=(32,)", "--config.train.num_steps=20",
-                     "--config.train.log_every_steps=10", "--config.figures.manifold_size=4",
-                     "--config.figures.num_scatter_points=100")
-  assert result.returncode == 0, result.stderr[-5000:]
-  for name in ("class_grid", "latent_manifold", "latent_scatter"):
-    assert (workdir / "figures" / f"{name}.png").stat().st_size > 1000, name
-  assert not (workdir / "figures" / "samples_label3.png").exists()
-  trained_figures = {path.name: path.read_bytes() for path in (workdir / "figures").iterdir()}
-
+  # The sample CLI, asked to redraw everything too.
   result = _run_sample(f"--workdir={workdir}", "--label=3", "--num=16", "--all_figures")
   assert result.returncode == 0, result.stderr[-5000:]
   png = (workdir / "figures" / "samples_label3.png").read_bytes()
@@ -103,23 +91,30 @@ def test_sample_cli_draws_a_class_from_a_tiny_conditional_run(tmp_path, mnist_ma
   for name, png in trained_figures.items():
     assert (workdir / "figures" / name).read_bytes() == png, name
 
-  result = _run_sample(f"--workdir={workdir}", "--label=5", "--num=4")  # Only what is asked.
-  assert result.returncode == 0, result.stderr[-5000:]
-  assert result.stdout.split() == [str(workdir / "figures" / "samples_label5.png")]
-
-  result = _run_sample(f"--workdir={workdir}", "--label=10")
-  assert result.returncode == 1 and "--label=10 must be in [0, 10)" in result.stderr
+  # Without --all_figures, only what is asked (in this process: the CLI's output is above).
+  assert sample.make_run_figures(str(workdir), label=5, num=4) == [
+      str(workdir / "figures" / "samples_label5.png")]
+  with pytest.raises(ValueError, match=re.escape("--label=10 must be in [0, 10)")):
+    sample.make_run_figures(str(workdir), label=10, num=4)
 
 
 @pytest.mark.slow
-def test_sample_cli_errors_are_one_line_and_say_what_to_do(tmp_path):
+def test_sample_cli_errors_are_one_line_and_say_what_to_do(tmp_path, monkeypatch):
   result = _run_sample(f"--workdir={tmp_path}")
   assert result.returncode == 1
   assert "config.json does not exist" in result.stderr and "Traceback" not in result.stderr
+  # The CLI prints the errors below as it printed that one.
   config = tiny_config()
+  config.figures.final = False
   (tmp_path / "config.json").write_text(config.to_json_best_effort())
-  result = _run_sample(f"--workdir={tmp_path}")
-  assert result.returncode == 1 and "No checkpoint" in result.stderr
+  with pytest.raises(ValueError, match="No checkpoint"):
+    sample.make_run_figures(str(tmp_path), label=None, num=4)
+  monkeypatch.setattr(input_pipeline, "load_splits", lambda data_config: synthetic_splits())
+  train.train_and_evaluate(config, str(tmp_path / "unconditional"))
+  with pytest.raises(ValueError, match="--label=3 needs a conditional model"):
+    sample.make_run_figures(str(tmp_path / "unconditional"), label=3, num=4)
+  with pytest.raises(ValueError, match="--num=0 must be positive"):
+    sample.make_run_figures(str(tmp_path / "unconditional"), label=None, num=0)
 
 
 @pytest.mark.slow

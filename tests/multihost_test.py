@@ -43,21 +43,19 @@ def test_two_processes_train_the_parameters_of_one(tmp_path, mnist_manual_dir,
   input_pipeline.load_splits(data_config)
   flags = _FLAGS + [f"--config.data.tfds_data_dir={tfds_data_dir}"]
 
-  single = tmp_path / "single"
-  result = subprocess.run([sys.executable, "-m", "vae_jax.main", *flags,
-                           f"--workdir={single}"], cwd=REPO_ROOT, env=_env(mnist_manual_dir),
-                          capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-5000:]
-
-  multi, port = tmp_path / "multi", _free_port()
-  processes = [subprocess.Popen(
+  # The one-process run and the two processes at once (they wait on each other anyway).
+  single, multi, port = tmp_path / "single", tmp_path / "multi", _free_port()
+  commands = [[sys.executable, "-m", "vae_jax.main", *flags, f"--workdir={single}"]] + [
       [sys.executable, "-m", "vae_jax.main", *flags, f"--workdir={multi}", "--distributed",
-       f"--coordinator_address=localhost:{port}", "--num_processes=2",
-       f"--process_id={index}"], cwd=REPO_ROOT, env=_env(mnist_manual_dir),
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for index in (0, 1)]
+       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={index}"]
+      for index in (0, 1)]
+  processes = [subprocess.Popen(command, cwd=REPO_ROOT, env=_env(mnist_manual_dir),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for command in commands]
   outputs = [process.communicate(timeout=600) for process in processes]
   for process, (_, stderr) in zip(processes, outputs):
     assert process.returncode == 0, stderr[-5000:]
+  outputs = outputs[1:]  # The two processes'.
   assert "JAX process 0 of 2" in outputs[0][1] and "JAX process 1 of 2" in outputs[1][1]
   # Both processes computed each epoch's evaluation; process 0 alone logged it to files.
   assert "test -ELBO" in outputs[1][1]

@@ -100,6 +100,7 @@ def test_chunked_estimate_equals_the_unchunked_one():
   np.testing.assert_allclose(values, values[0], rtol=1e-6)
 
 
+@pytest.mark.slow  # Trains 300 steps.
 def test_elbo_below_iwae_k_below_iwae_k_prime_for_a_trained_model(tmp_path):
   """On average over a batch: ELBO <= IWAE_5 <= IWAE_50 (Burda et al. 2015, Theorem 1)."""
   config = tiny_config()

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -96,14 +97,26 @@ def uninterrupted(tmp_path_factory, mnist_manual_dir, tfds_data_dir):
   return _final(workdir)
 
 
-@pytest.mark.slow
-def test_sigkill_then_the_same_command_gives_the_uninterrupted_run(
-    tmp_path, mnist_manual_dir, tfds_data_dir, uninterrupted):
-  workdir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory, mnist_manual_dir, tfds_data_dir):
+  """A run SIGKILLed once its third checkpoint exists; tests resume copies of it."""
+  workdir = tmp_path_factory.mktemp("killed") / "run"
   returncode, _ = _start_and_signal(workdir, mnist_manual_dir, tfds_data_dir,
                                     signal.SIGKILL, after_step=3 * _EVERY)
   assert returncode == -signal.SIGKILL
   assert _saved_steps(workdir)[-1] < _NUM_STEPS
+  return workdir
+
+
+def _copy(workdir, tmp_path):
+  shutil.copytree(workdir, tmp_path / "run", symlinks=True)
+  return tmp_path / "run"
+
+
+@pytest.mark.slow
+def test_sigkill_then_the_same_command_gives_the_uninterrupted_run(
+    tmp_path, mnist_manual_dir, tfds_data_dir, uninterrupted, killed):
+  workdir = _copy(killed, tmp_path)
   result = _run(workdir, mnist_manual_dir, tfds_data_dir)
   assert "Resuming at step" in result.stderr
   _assert_same_run(workdir, uninterrupted)
@@ -129,10 +142,8 @@ def test_sigterm_saves_where_it_stopped_then_resumes_exactly(
 
 @pytest.mark.slow
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
-    tmp_path, mnist_manual_dir, tfds_data_dir, uninterrupted):
-  workdir = tmp_path / "run"
-  returncode, _ = _start_and_signal(workdir, mnist_manual_dir, tfds_data_dir,
-                                    signal.SIGKILL, after_step=3 * _EVERY)
+    tmp_path, mnist_manual_dir, tfds_data_dir, uninterrupted, killed):
+  workdir = _copy(killed, tmp_path)
   steps = _saved_steps(workdir)
   latest, previous = steps[-1], steps[-2]
   # Truncate the largest file of the latest checkpoint's state to half its size.

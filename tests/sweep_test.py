@@ -74,22 +74,24 @@ def _check_results(workdir, models_per_program):
   return rows
 
 
-def _check_skips_finished_runs(sweep_file, workdir, manual_dir, *flags):
+def _check_skips_finished_runs(sweep_file, workdir, monkeypatch, mode):
+  """The same sweep again (in this process: it trains nothing) finds every run finished."""
   rows = _rows(workdir)
   stamps = {p: p.stat().st_mtime_ns for p in workdir.glob("*/seed=*/result.json")}
   assert len(stamps) == 4
-  again = _run_sweep(f"--sweep={sweep_file}", f"--workdir={workdir}", *flags,
-                     manual_dir=manual_dir)
-  assert "4 runs; this process's share is 4, of which 4 are finished and 0 to train" in (
-      again.stderr)
-  assert "Training " not in again.stderr
+  logged = []
+  monkeypatch.setattr(sweep.logging, "info", lambda fmt, *args: logged.append(fmt % args))
+  assert sweep.run_sweep(str(sweep_file), str(workdir), mode=mode) == []
+  assert any("4 runs; this process's share is 4, of which 4 are finished and 0 to train"
+             in line for line in logged), logged
+  assert not any(line.startswith("Training ") for line in logged), logged
   assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
   assert _rows(workdir) == rows
 
 
 @pytest.mark.slow
 def test_two_shards_split_the_runs_then_a_rerun_skips_them(tmp_path, mnist_manual_dir,
-                                                           tfds_data_dir):
+                                                           tfds_data_dir, monkeypatch):
   """Sequential mode in two independent processes (--num_shards=2), then the whole sweep
   again in one: it finds the 4 runs finished, trains nothing and aggregates them."""
   sweep_file, workdir = _write_sweep(tmp_path, tfds_data_dir), tmp_path / "sweep"
@@ -109,19 +111,19 @@ def test_two_shards_split_the_runs_then_a_rerun_skips_them(tmp_path, mnist_manua
   _run_sweep(f"--sweep={sweep_file}", f"--workdir={workdir}", "--aggregate_only",
              manual_dir=mnist_manual_dir)
   _check_results(workdir, models_per_program=1)
-  _check_skips_finished_runs(sweep_file, workdir, mnist_manual_dir)
+  _check_skips_finished_runs(sweep_file, workdir, monkeypatch, "sequential")
 
 
 @pytest.mark.slow
 def test_a_vectorized_sweep_writes_results_and_skips_finished_runs(tmp_path, mnist_manual_dir,
-                                                                  tfds_data_dir):
+                                                                  tfds_data_dir, monkeypatch):
   sweep_file, workdir = _write_sweep(tmp_path, tfds_data_dir), tmp_path / "sweep"
   result = _run_sweep(f"--sweep={sweep_file}", f"--workdir={workdir}", "--mode=vectorized",
                       manual_dir=mnist_manual_dir)
   assert "4 runs; this process's share is 4, of which 0 are finished and 4 to train" in (
       result.stderr)
   _check_results(workdir, models_per_program=4)
-  _check_skips_finished_runs(sweep_file, workdir, mnist_manual_dir, "--mode=vectorized")
+  _check_skips_finished_runs(sweep_file, workdir, monkeypatch, "vectorized")
 
 
 def test_bad_runner_flags_and_mismatched_groups_fail_before_training(tmp_path):

@@ -69,13 +69,14 @@ def _timed(fn, seconds: float, min_calls: int = 3) -> tuple[int, float]:
   return calls, time.perf_counter() - start
 
 
-def matmul_roofline(rng: jax.Array, repeats: int = 5, seconds: float = 0.2) -> dict:
-  """The best float32 matmul rate in GFLOP/s: square sizes 256-4096, the best of
-  `repeats` timings of `seconds` each (the machine's peak, not a typical rate)."""
-  best = {"gflops": 0.0, "size": 0}
+def matmul_roofline(rng: jax.Array, repeats: int = 5, seconds: float = 0.2,
+                    max_size: int = 4096) -> dict:
+  """The best float32 matmul rate in GFLOP/s: square sizes 256, 512, ... up to `max_size`,
+  the best of `repeats` timings of `seconds` each (the machine's peak, not a typical rate)."""
+  best = {"gflops": 0.0, "size": 0, "max_size": max_size}
   matmul = jax.jit(jnp.matmul)
   a_key, b_key = jax.random.split(rng)
-  for size in (256, 512, 1024, 2048, 4096):
+  for size in (s for s in (256, 512, 1024, 2048, 4096) if s <= max_size):
     a = jax.random.normal(a_key, (size, size), jnp.float32)
     b = jax.random.normal(b_key, (size, size), jnp.float32)
     matmul(a, b).block_until_ready()
@@ -83,7 +84,7 @@ def matmul_roofline(rng: jax.Array, repeats: int = 5, seconds: float = 0.2) -> d
       calls, elapsed = _timed(lambda: matmul(a, b).block_until_ready(), seconds)
       gflops = 2 * size ** 3 * calls / elapsed / 1e9
       if gflops > best["gflops"]:
-        best = {"gflops": gflops, "size": size}
+        best = dict(best, gflops=gflops, size=size)
   return best
 
 
@@ -325,7 +326,7 @@ _COLUMNS = [("config", "config", "{}"), ("batch", "batch_size", "{}"),
 def format_report(roofline: dict, records: list[dict]) -> str:
   """The roofline line, then one table row per record."""
   lines = [f"float32 matmul roofline: {roofline['gflops']:.1f} GFLOP/s "
-           f"(best of square sizes 256-4096, at {roofline['size']})",
+           f"(best of square sizes 256-{roofline['max_size']}, at {roofline['size']})",
            "| " + " | ".join(title for title, _, _ in _COLUMNS) + " |",
            "| " + " | ".join("---" for _ in _COLUMNS) + " |"]
   for record in records:
@@ -376,7 +377,10 @@ def main(argv):
     _write_json(records)
     print(format_vectorized_report(records))
     return
-  roofline = matmul_roofline(roofline_key)
+  if flags.FLAGS.roofline_max_size not in (256, 512, 1024, 2048, 4096):
+    sys.exit(f"--roofline_max_size={flags.FLAGS.roofline_max_size} must be one of 256, 512, "
+             "1024, 2048, 4096.")
+  roofline = matmul_roofline(roofline_key, max_size=flags.FLAGS.roofline_max_size)
   logging.info("float32 matmul roofline: %.1f GFLOP/s", roofline["gflops"])
   records = []
   for index, name in enumerate(names):
@@ -405,6 +409,8 @@ if __name__ == "__main__":
                       + ", ".join(CONFIGS) + ".")
   flags.DEFINE_float("seconds", 5.0, "Timed seconds per measurement.")
   flags.DEFINE_string("json", "", "Also write the records to this JSON file.")
+  flags.DEFINE_integer("roofline_max_size", 4096, "Largest square matmul timed for the "
+                       "roofline (from 256 up, doubling); a smaller one makes a quick run.")
   flags.DEFINE_integer("steps_per_dispatch", 0,
                        "Train steps per dispatch (0: each config's train.steps_per_dispatch).")
   flags.DEFINE_string("profile_dir", "", "Write a jax.profiler trace of each config's "

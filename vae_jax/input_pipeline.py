@@ -1,7 +1,7 @@
 """TFDS -> numpy -> device arrays; splits, shuffling, binarization.
 
-Each split is read once with `tfds.load` into uint8 numpy arrays and placed on the devices
-whole; batches are gathered on the device from index arrays, so the training loop never
+Each split is read once with `tfds.load` into uint8 numpy arrays (cached decoded beside
+TFDS's files, so later runs skip the image decoding) and placed on the devices whole; batches are gathered on the device from index arrays, so the training loop never
 touches tf.data. Offline machines point TFDS at the original files with
 `config.data.manual_dir` or `$VAE_JAX_MANUAL_DIR` (one sub-folder per TFDS dataset name).
 """
@@ -9,6 +9,7 @@ touches tf.data. Offline machines point TFDS at the original files with
 import dataclasses
 import os
 import socket
+import tempfile
 import urllib.parse
 
 from absl import logging
@@ -108,6 +109,10 @@ def load_splits(data_config) -> dict[str, Split]:
   return _LOADED[cache_key]
 
 
+# The decoded arrays of every split, kept beside TFDS's prepared files (see _tfds_arrays).
+DECODED_ARRAYS_FILE = "vae_jax_decoded_arrays.npz"
+
+
 def _load_splits(data_config) -> dict[str, Split]:
   import tensorflow_datasets as tfds  # Heavy (TensorFlow); only needed here.
 
@@ -116,35 +121,78 @@ def _load_splits(data_config) -> dict[str, Split]:
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
     _prepare(builder, name, resolve_manual_dir(data_config))
+  arrays = _tfds_arrays(builder, name, data_dir)
 
-  splits = builder.info.splits
-  if "validation" in splits:
-    split_names = {"train": "train", "validation": "validation", "test": "test"}
+  if "validation" in arrays:
+    loaded = {split: arrays[split] for split in ("train", "validation", "test")}
   else:
     # The validation split is the last `validation_size` examples in TFDS's (fixed) order.
-    num_train = splits["train"].num_examples - data_config.validation_size
+    train = arrays["train"]
+    num_train = train.num_examples - data_config.validation_size
     if num_train <= 0:
       raise ValueError(f"config.data.validation_size={data_config.validation_size} leaves no "
                        f"training examples in {name!r}.")
-    split_names = {"train": f"train[:{num_train}]",
-                   "validation": f"train[{num_train}:]" if data_config.validation_size else None,
-                   "test": "test"}
-
-  loaded = {}
-  for split, tfds_split in split_names.items():
-    if tfds_split is None:  # validation_size == 0.
-      loaded[split] = Split(np.zeros((0, 28, 28, 1), np.uint8), np.zeros((0,), np.int32))
-      continue
-    arrays = tfds.as_numpy(tfds.load(name, split=tfds_split, data_dir=data_dir,
-                                     batch_size=-1, download=False))
-    images = np.asarray(arrays["image"], np.uint8).reshape(-1, 28, 28, 1)
-    if name == "binarized_mnist":
-      images = images * np.uint8(255)  # 0/1 -> 0/255, so every dataset is scaled alike.
-    labels = np.asarray(arrays["label"], np.int32) if "label" in arrays else None
-    loaded[split] = Split(images, labels)
+    labels = train.labels
+    loaded = {"train": Split(train.images[:num_train],
+                             None if labels is None else labels[:num_train]),
+              "validation": Split(train.images[num_train:],
+                                  None if labels is None else labels[num_train:]),
+              "test": arrays["test"]}
   logging.info("Loaded %s: %s.", name,
                ", ".join(f"{k} {v.num_examples}" for k, v in loaded.items()))
   return loaded
+
+
+def _tfds_arrays(builder, name: str, data_dir: str | None) -> dict[str, Split]:
+  """Every split of a prepared TFDS dataset, whole, as numpy.
+
+  TFDS decodes every image on every read (70,000 PNGs for MNIST, 3-4 s of each run's start
+  on a 2-core machine) and has no cache of decoded arrays that several processes can share,
+  so this keeps one: DECODED_ARRAYS_FILE beside the prepared files, written atomically by
+  the first read. A cache that does not load, or whose sizes disagree with the dataset's,
+  is read again from TFDS and rewritten; one that cannot be written is skipped.
+  """
+  path = os.path.join(builder.data_dir, DECODED_ARRAYS_FILE)
+  sizes = {split: info.num_examples for split, info in builder.info.splits.items()}
+  if os.path.exists(path):
+    try:
+      with np.load(path) as cached:
+        arrays = {split: Split(cached[f"{split}.images"],
+                               cached[f"{split}.labels"] if f"{split}.labels" in cached
+                               else None) for split in sizes}
+      if {split: a.num_examples for split, a in arrays.items()} == sizes:
+        return arrays
+      logging.warning("%s holds other split sizes than %s %s: reading the TFDS files again.",
+                      path, name, sizes)
+    except Exception as error:  # pylint: disable=broad-except  # Any damage: read TFDS.
+      logging.warning("%s does not load (%s: %s): reading the TFDS files again.", path,
+                      type(error).__name__, error)
+
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  arrays = {}
+  for split in sizes:
+    decoded = tfds.as_numpy(tfds.load(name, split=split, data_dir=data_dir, batch_size=-1,
+                                      download=False))
+    images = np.asarray(decoded["image"], np.uint8).reshape(-1, 28, 28, 1)
+    if name == "binarized_mnist":
+      images = images * np.uint8(255)  # 0/1 -> 0/255, so every dataset is scaled alike.
+    arrays[split] = Split(images, np.asarray(decoded["label"], np.int32)
+                          if "label" in decoded else None)
+  flat = {f"{split}.images": a.images for split, a in arrays.items()}
+  flat.update({f"{split}.labels": a.labels for split, a in arrays.items()
+               if a.labels is not None})
+  temporary = None
+  try:
+    fd, temporary = tempfile.mkstemp(dir=builder.data_dir, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **flat)
+    os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide it from a shared data dir's users.
+    os.replace(temporary, path)  # Atomic: a concurrent reader sees all of it or none.
+  except OSError as error:  # A read-only data dir or a full disk: every run reads TFDS.
+    logging.warning("Could not cache the decoded %s arrays in %s: %s", name, path, error)
+    if temporary and os.path.exists(temporary):
+      os.remove(temporary)
+  return arrays
 
 
 def to_device(split: Split, sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
