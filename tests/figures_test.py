@@ -181,3 +181,10 @@ def test_training_curves_split_evaluated_on_some_epochs(tmp_path):
   np.testing.assert_array_equal(elbo_lines[1].get_xdata(), [2.0, 4.0])
   assert len(fig.axes[1].get_lines()) == 1
   _check_png(fig, tmp_path)
+
+
+def test_nll_vs_k_on_a_log_axis(tmp_path):
+  fig = figures.nll_vs_k([1, 10, 100, 500, 1000, 5000], [102.8, 99.1, 97.7, 97.1, 97.0, 96.7],
+                         [0.3] * 6)
+  assert fig.axes[0].get_xscale() == "log"
+  _check_png(fig, tmp_path)

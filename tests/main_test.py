@@ -79,6 +79,16 @@ def test_tiny_main_run_then_the_evaluate_and_sample_clis_on_it(tmp_path, mnist_m
   # Importance sampling tightens the bound: NLL estimate below the -ELBO, both positive.
   assert 0 < evaluation["nll_nats"] < evaluation["neg_elbo_nats"]
   assert 0 < evaluation["nll_stderr"] < 5
+  # How far to trust it: the prefix estimates (the last is the NLL), the ESS summary, and
+  # the k-curve as a figure.
+  by_k = evaluation["nll_by_num_samples"]
+  assert [entry["k"] for entry in by_k] == [1, 2, 10, 20]
+  np.testing.assert_allclose(by_k[-1]["nll_nats"], evaluation["nll_nats"], rtol=1e-12)
+  np.testing.assert_allclose(by_k[0]["nll_nats"], evaluation["neg_elbo_nats"], rtol=0.02)
+  assert 1 <= evaluation["ess_p5"] <= evaluation["ess_mean"] <= 20
+  assert "NLL from the first k samples: k = 1:" in result.stdout
+  assert "effective sample size: mean" in result.stdout
+  assert (workdir / "figures" / "nll_vs_k.png").read_bytes().startswith(b"\x89PNG")
 
   # The sample CLI, asked to redraw everything too.
   result = _run_sample(f"--workdir={workdir}", "--label=3", "--num=16", "--all_figures")

@@ -42,13 +42,21 @@ def _linear_gaussian_model():
   return model, jax.tree.map(jnp.asarray, params), b, marginal_cov
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _estimates(model, params, xs, num_samples, chunk_size):
-  """The estimator for each row of xs, example i with key(i)."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 4, 5))
+def _per_example(estimator, model, params, xs, num_samples, chunk_size):
+  """estimator (one of evaluate's) for each row of xs, example i with key(i)."""
   keys = jax.vmap(jax.random.key)(jnp.arange(xs.shape[0]))
-  return jax.vmap(lambda x, key: evaluate.importance_sampled_log_likelihood(
+  return jax.vmap(lambda x, key: estimator(
       model, params, x.reshape(_DATA_DIM, 1, 1), None, key, likelihood="gaussian",
       num_samples=num_samples, chunk_size=chunk_size))(jnp.asarray(xs, jnp.float32), keys)
+
+
+def _estimates(*args):
+  return _per_example(evaluate.importance_sampled_log_likelihood, *args)
+
+
+def _terms(*args):
+  return _per_example(evaluate.importance_sampling_terms, *args)
 
 
 def _samples_from_the_model(b, cov, count):
@@ -136,3 +144,89 @@ def test_elbo_below_iwae_k_below_iwae_k_prime_for_a_trained_model(tmp_path):
       num_samples=50)["neg_elbo"])(test_images, jax.random.split(jax.random.key(4), 100))))
   iwae_5, iwae_50 = bound(5), bound(50)
   assert elbo < iwae_5 < iwae_50, (elbo, iwae_5, iwae_50)
+
+
+# How far to trust an NLL: prefix estimates, effective sample size, warnings.
+
+
+def _widened_posterior(model_params, log_variance_increase):
+  params = jax.tree.map(lambda v: v, model_params)
+  params["encoder"]["logvar"] = params["encoder"]["logvar"] + log_variance_increase
+  return params
+
+
+def test_prefix_sizes_are_the_decades_the_last_decade_and_k():
+  assert evaluate.prefix_sizes(5000) == (1, 10, 100, 500, 1000, 5000)
+  assert evaluate.prefix_sizes(1000) == (1, 10, 100, 1000)
+  assert evaluate.prefix_sizes(7) == (1, 7)
+  assert evaluate.prefix_sizes(1) == (1,)
+
+
+def test_exact_posterior_gives_equal_weights_ess_k_and_every_prefix_log_p_x():
+  model, params, b, cov = _linear_gaussian_model()
+  xs = _samples_from_the_model(b, cov, 5)
+  terms = _terms(model, params, xs, 200, 64)
+  exact = np.array([gaussian_log_density(x, b, cov) for x in xs])
+  assert terms["log_likelihood_at"].shape == (5, len(evaluate.prefix_sizes(200)))
+  # Every weight equals p(x): each prefix is log p(x), float32 round-off only.
+  np.testing.assert_allclose(terms["log_likelihood_at"],
+                             np.broadcast_to(exact[:, None], terms["log_likelihood_at"].shape),
+                             rtol=0, atol=2e-4)
+  np.testing.assert_allclose(terms["ess"], 200.0, rtol=1e-3)
+  np.testing.assert_allclose(terms["max_weight"], 1 / 200, rtol=1e-3)
+
+
+def test_one_dominant_weight_gives_ess_1():
+  model, params, b, cov = _linear_gaussian_model()
+  xs = _samples_from_the_model(b, cov, 5)
+  # q 1e16 times wider than the posterior: the sample nearest the mode outweighs the
+  # next by a factor of many orders of magnitude.
+  terms = _terms(model, _widened_posterior(params, np.log(1e16)), xs, 100, 7)
+  np.testing.assert_allclose(terms["ess"], 1.0, rtol=0, atol=1e-4)
+  np.testing.assert_allclose(terms["max_weight"], 1.0, rtol=0, atol=1e-4)
+
+
+def test_prefixes_equal_the_estimator_run_with_that_k_and_ess_matches_numpy():
+  model, params, b, cov = _linear_gaussian_model()
+  poorer = _widened_posterior(params, np.log(3.0))
+  xs = _samples_from_the_model(b, cov, 4)
+  num_samples = 1000
+  terms = _terms(model, poorer, xs, num_samples, 64)  # 64 divides no prefix past 1.
+  for column, k in enumerate(evaluate.prefix_sizes(num_samples)):
+    np.testing.assert_allclose(terms["log_likelihood_at"][:, column],
+                               _estimates(model, poorer, xs, k, min(k, 64)), rtol=1e-6,
+                               err_msg=f"k = {k}")
+  # ESS and the largest weight from the log weights of the same samples, in float64 numpy.
+  for i, x in enumerate(xs):
+    keys = parallel.example_keys(jax.random.key(i), jnp.arange(num_samples))
+    eps = jax.vmap(lambda key: jax.random.normal(key, (model.noise_dim,)))(keys)
+    log_w = np.asarray(losses.log_importance_weights(
+        model, {"params": poorer}, jnp.asarray(x, jnp.float32).reshape(_DATA_DIM, 1, 1), None,
+        eps, likelihood="gaussian"), np.float64)
+    w = np.exp(log_w - log_w.max())
+    w /= w.sum()
+    np.testing.assert_allclose(terms["ess"][i], 1 / np.sum(w ** 2), rtol=1e-4)
+    np.testing.assert_allclose(terms["max_weight"][i], w.max(), rtol=1e-4)
+  assert np.all(terms["ess"] > 1) and np.all(terms["ess"] < num_samples)
+
+
+def test_diagnostics_summary_and_warnings():
+  ess = np.array([1.0, 2.0, 50.0, 100.0])
+  nll_at = np.array([[100.0, 99.0, 98.0, 97.9], [100.0, 99.0, 98.0, 97.9],
+                     [90.0, 89.5, 89.4, 89.38], [90.0, 89.5, 89.4, 89.38]])
+  summary = evaluate.nll_diagnostics(1000, nll_at, ess, np.array([0.9, 0.5, 0.1, 0.05]))
+  assert [e["k"] for e in summary["nll_by_num_samples"]] == [1, 10, 100, 1000]
+  np.testing.assert_allclose([e["nll_nats"] for e in summary["nll_by_num_samples"]],
+                             [95.0, 94.25, 93.7, 93.64], rtol=1e-12)
+  np.testing.assert_allclose(summary["nll_by_num_samples"][0]["nll_stderr"],
+                             np.std([100, 100, 90, 90], ddof=1) / 2, rtol=1e-12)
+  assert summary["ess_fraction_below_10"] == 0.5
+  np.testing.assert_allclose(summary["ess_p5"], np.percentile(ess, 5), rtol=1e-12)
+  assert summary["max_normalized_weight_max"] == 0.9
+  # 0.06 nats over the last decade and half the examples below ESS 10: no warning.
+  assert evaluate.nll_warnings(dict(summary, num_importance_samples=1000)) == []
+  moving = evaluate.nll_diagnostics(1000, nll_at - np.array([0, 0, 0, 0.5]), ess * 0 + 2,
+                                    np.ones(4))
+  warnings = evaluate.nll_warnings(dict(moving, num_importance_samples=1000))
+  assert len(warnings) == 2 and "0.56 nats from k = 100 to k = 1000" in warnings[0], warnings
+  assert "100% of the examples" in warnings[1], warnings

@@ -1,7 +1,9 @@
 """Evaluators: take parameters and device-resident data, return numbers; write nothing.
 
 Also the command line `python -m vae_jax.evaluate --workdir=DIR [--num_importance_samples=
-5000]`, which prints a finished run's test NLL and -ELBO and writes them to DIR/eval.json.
+5000]`, which prints a finished run's test NLL and -ELBO, with how far to trust the NLL (its
+estimate against k, the effective sample sizes), and writes them to DIR/eval.json and
+DIR/figures/nll_vs_k.png.
 """
 
 import functools
@@ -11,6 +13,7 @@ import time
 
 from absl import app
 from absl import flags
+from clu import metric_writers
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,6 +22,7 @@ import numpy as np
 from vae_jax import checkpoint
 from vae_jax import classifier
 from vae_jax import config_schema
+from vae_jax import figures
 from vae_jax import input_pipeline
 from vae_jax import losses
 from vae_jax import parallel
@@ -60,28 +64,116 @@ def make_elbo_evaluator(model: nn.Module, config, mesh: jax.sharding.Mesh):
   return evaluate
 
 
-def importance_sampled_log_likelihood(model: nn.Module, params, image: jax.Array, label,
-                                      rng: jax.Array, *, likelihood: str,
-                                      num_samples: int, chunk_size: int) -> jax.Array:
-  """log p(x) ~ logmeanexp_j log w_j over `num_samples` samples of q(z|x), for ONE example.
+def prefix_sizes(num_samples: int) -> tuple[int, ...]:
+  """The k of the prefix estimates: 1, 10, 100, ... below num_samples, num_samples // 10
+  (the last decade, for the convergence warning) and num_samples."""
+  sizes, size = {num_samples}, 1
+  while size < num_samples:
+    sizes.add(size)
+    size *= 10
+  if num_samples >= 10:
+    sizes.add(num_samples // 10)
+  return tuple(sorted(sizes))
+
+
+def importance_sampling_terms(model: nn.Module, params, image: jax.Array, label,
+                              rng: jax.Array, *, likelihood: str, num_samples: int,
+                              chunk_size: int) -> dict[str, jax.Array]:
+  """For ONE example, from `num_samples` samples of q(z|x):
+
+  - `log_likelihood`: log p(x) ~ logmeanexp_j log w_j;
+  - `log_likelihood_at`: the same over the first k samples, for each k of
+    prefix_sizes(num_samples) (the last is `log_likelihood`): IWAE-k bounds at no extra cost;
+  - `ess`: the effective sample size of the normalized weights, 1 / sum_j w~_j^2;
+  - `max_weight`: the largest normalized weight max_j w~_j.
 
   The samples are processed `chunk_size` at a time (memory stays bounded for k = 5000);
-  sample j's noise comes from fold_in(rng, j), so the estimate does not depend on the
-  chunk size. Each chunk's logsumexp is kept and combined at the end, which is exact.
+  sample j's noise comes from fold_in(rng, j), so nothing depends on the chunk size. Each
+  chunk keeps its logsumexps and maximum, combined exactly at the end.
   """
   num_chunks = -(-num_samples // chunk_size)
+  prefixes = prefix_sizes(num_samples)
 
-  def chunk_logsumexp(chunk):
+  def chunk_statistics(chunk):
     indices = chunk * chunk_size + jnp.arange(chunk_size)
     keys = parallel.example_keys(rng, indices)
     eps = jax.vmap(lambda key: jax.random.normal(key, (model.noise_dim,)))(keys)
     log_weights = losses.log_importance_weights(model, {"params": params}, image, label,
                                                 eps, likelihood=likelihood)
     # Samples past num_samples (the last chunk's padding) get weight 0.
-    return jax.nn.logsumexp(jnp.where(indices < num_samples, log_weights, -jnp.inf))
+    log_weights = jnp.where(indices < num_samples, log_weights, -jnp.inf)
+    prefix_logsumexp = [jax.nn.logsumexp(jnp.where(indices < size, log_weights, -jnp.inf))
+                        for size in prefixes[:-1]]
+    return {"logsumexp": jax.nn.logsumexp(log_weights),
+            "prefix_logsumexp": (jnp.stack(prefix_logsumexp) if prefix_logsumexp
+                                 else jnp.zeros((0,))),
+            "logsumexp_of_squares": jax.nn.logsumexp(2 * log_weights),
+            "max": jnp.max(log_weights)}
 
-  chunk_values = jax.lax.map(chunk_logsumexp, jnp.arange(num_chunks))
-  return jax.nn.logsumexp(chunk_values) - jnp.log(num_samples)
+  chunks = jax.lax.map(chunk_statistics, jnp.arange(num_chunks))
+  total = jax.nn.logsumexp(chunks["logsumexp"])
+  log_likelihood = total - jnp.log(num_samples)
+  at_prefixes = (jax.nn.logsumexp(chunks["prefix_logsumexp"], axis=0)
+                 - jnp.log(jnp.asarray(prefixes[:-1], jnp.float32)))
+  return {"log_likelihood": log_likelihood,
+          "log_likelihood_at": jnp.concatenate([at_prefixes, log_likelihood[None]]),
+          # (sum w)^2 / sum w^2, in logs: the normalization cancels.
+          "ess": jnp.exp(2 * total - jax.nn.logsumexp(chunks["logsumexp_of_squares"])),
+          "max_weight": jnp.exp(jnp.max(chunks["max"]) - total)}
+
+
+def importance_sampled_log_likelihood(model: nn.Module, params, image: jax.Array, label,
+                                      rng: jax.Array, *, likelihood: str,
+                                      num_samples: int, chunk_size: int) -> jax.Array:
+  """log p(x) ~ logmeanexp_j log w_j over `num_samples` samples of q(z|x), for ONE
+  example (importance_sampling_terms' `log_likelihood`)."""
+  return importance_sampling_terms(model, params, image, label, rng, likelihood=likelihood,
+                                   num_samples=num_samples,
+                                   chunk_size=chunk_size)["log_likelihood"]
+
+
+def _stderr(values: np.ndarray) -> float:
+  return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+
+
+def nll_diagnostics(num_samples: int, nll_at: np.ndarray, ess: np.ndarray,
+                    max_weight: np.ndarray) -> dict:
+  """eval.json's summary of per-example prefix NLLs (N, P), ESS (N,) and largest weights."""
+  return {
+      "nll_by_num_samples": [
+          {"k": k, "nll_nats": float(column.mean()), "nll_stderr": _stderr(column)}
+          for k, column in zip(prefix_sizes(num_samples), nll_at.T)],
+      "ess_mean": float(ess.mean()),
+      "ess_p5": float(np.percentile(ess, 5)),
+      "ess_fraction_below_10": float(np.mean(ess < 10)),
+      "max_normalized_weight_mean": float(max_weight.mean()),
+      "max_normalized_weight_max": float(max_weight.max()),
+  }
+
+
+def nll_figure(result: dict):
+  """nll_vs_k.png's figure from a result with the prefix estimates."""
+  by_k = result["nll_by_num_samples"]
+  return figures.nll_vs_k([e["k"] for e in by_k], [e["nll_nats"] for e in by_k],
+                          [e["nll_stderr"] for e in by_k],
+                          title=f"{result.get('split', 'test')} NLL against k")
+
+
+def nll_warnings(result: dict) -> list[str]:
+  """What says the NLL is not to be trusted yet: the last decade of k still moving it by
+  more than 0.1 nats, or most examples with an effective sample size below 10."""
+  warnings = []
+  by_k = {entry["k"]: entry["nll_nats"] for entry in result.get("nll_by_num_samples", [])}
+  k = result.get("num_importance_samples", 0)
+  if k >= 10 and k // 10 in by_k and k in by_k:
+    change = by_k[k // 10] - by_k[k]
+    if abs(change) > 0.1:
+      warnings.append(f"the NLL fell by {change:.2f} nats from k = {k // 10} to k = {k}: "
+                      "it has not converged, more samples would likely lower it further")
+  if result.get("ess_fraction_below_10", 0.0) > 0.5:
+    warnings.append(f"{100 * result['ess_fraction_below_10']:.0f}% of the examples have an "
+                    "effective sample size below 10: a few samples dominate their estimate")
+  return warnings
 
 
 def make_nll_evaluator(model: nn.Module, config, mesh: jax.sharding.Mesh, *,
@@ -89,20 +181,22 @@ def make_nll_evaluator(model: nn.Module, config, mesh: jax.sharding.Mesh, *,
   """Returns evaluate(params, dataset, rng) -> importance-sampled NLL over a split.
 
   The result is a dict: `nll_nats` (mean of -log p(x) over the split's examples, nats),
-  `nll_stderr` (its standard error over examples) and `per_example_nll` (numpy). Batches
-  of `config.eval.nll_batch_size` examples are sharded over the mesh's "batch" axis; the
-  last partial batch is padded and masked. Example i's binarization and samples come
-  from fold_in(rng, i), as in the ELBO evaluator, so both score the same binarized images
-  and nothing depends on the device count or the batch and chunk sizes.
+  `nll_stderr` (its standard error over examples), `per_example_nll` (numpy), and how far
+  to trust it (nll_diagnostics): the estimate from the first k samples for each k of
+  prefix_sizes, and the effective sample size and largest normalized weight per example.
+  Batches of `config.eval.nll_batch_size` examples are sharded over the mesh's "batch"
+  axis; the last partial batch is padded and masked. Example i's binarization and samples
+  come from fold_in(rng, i), as in the ELBO evaluator, so both score the same binarized
+  images and nothing depends on the device count or the batch and chunk sizes.
   """
   likelihood = config.model.likelihood
   binarization = config.data.binarization
   chunk_size = min(config.eval.importance_chunk_size, num_importance_samples)
 
-  def example_nll(params, image_uint8, label, example_key):
+  def example_terms(params, image_uint8, label, example_key):
     image = input_pipeline.to_model_input(
         image_uint8, binarization, jax.random.fold_in(example_key, losses.PURPOSE_BINARIZATION))
-    return -importance_sampled_log_likelihood(
+    return importance_sampling_terms(
         model, params, image, label,
         jax.random.fold_in(example_key, losses.PURPOSE_REPARAMETERIZATION),
         likelihood=likelihood,
@@ -111,20 +205,24 @@ def make_nll_evaluator(model: nn.Module, config, mesh: jax.sharding.Mesh, *,
   @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
   def batch_nll(params, dataset, indices, rng):
     keys = parallel.example_keys(rng, indices)
-    return jax.vmap(example_nll, in_axes=(None, 0, 0, 0))(
+    return jax.vmap(example_terms, in_axes=(None, 0, 0, 0))(
         params, dataset["image"][indices], dataset["label"][indices], keys)
 
   def evaluate(params, dataset, rng) -> dict:
     num_examples = dataset["image"].shape[0]
-    values = []
+    batches = []
     for indices, _, count in parallel.padded_batches(num_examples, config.eval.nll_batch_size,
                                                      mesh):
-      values.append(np.asarray(batch_nll(params, dataset, indices, rng))[:count])
-    per_example = np.concatenate(values).astype(np.float64)
+      batches.append(jax.tree.map(lambda v, n=count: np.asarray(v)[:n],
+                                  batch_nll(params, dataset, indices, rng)))
+    terms = {name: np.concatenate([b[name] for b in batches]).astype(np.float64)
+             for name in batches[0]}
+    per_example = -terms["log_likelihood"]
     return {"nll_nats": float(per_example.mean()),
-            "nll_stderr": float(per_example.std(ddof=1) / np.sqrt(num_examples))
-                          if num_examples > 1 else float("nan"),
-            "per_example_nll": per_example}
+            "nll_stderr": _stderr(per_example),
+            "per_example_nll": per_example,
+            **nll_diagnostics(num_importance_samples, -terms["log_likelihood_at"],
+                              terms["ess"], terms["max_weight"])}
 
   evaluate.jitted = batch_nll  # For tests: one compiled program serves every batch.
   return evaluate
@@ -163,7 +261,7 @@ def evaluate_params(model: nn.Module, params, config, dataset, mesh, rng, *,
     nll = make_nll_evaluator(model, config, mesh,
                              num_importance_samples=num_importance_samples)(params, dataset,
                                                                             rng)
-    result.update(nll_nats=nll["nll_nats"], nll_stderr=nll["nll_stderr"],
+    result.update({key: value for key, value in nll.items() if key != "per_example_nll"},
                   seconds=time.time() - start)  # Of the NLL, compilation included.
   return result
 
@@ -177,7 +275,17 @@ def format_result(result: dict) -> str:
   if "label_fidelity" in result:
     parts.append(f"label fidelity {100 * result['label_fidelity']:.1f}% (classifier test "
                  f"accuracy {100 * result['classifier_test_accuracy']:.2f}%)")
-  return "; ".join(parts)
+  lines = ["; ".join(parts)]
+  if "nll_by_num_samples" in result:
+    lines.append("NLL from the first k samples: " + ", ".join(
+        f"k = {entry['k']}: {entry['nll_nats']:.2f}" for entry in result["nll_by_num_samples"]))
+    lines.append(f"effective sample size: mean {result['ess_mean']:.1f}, 5th percentile "
+                 f"{result['ess_p5']:.1f}, {100 * result['ess_fraction_below_10']:.1f}% of "
+                 f"examples below 10; largest normalized weight: mean "
+                 f"{result['max_normalized_weight_mean']:.3f}, max "
+                 f"{result['max_normalized_weight_max']:.3f}")
+    lines += [f"WARNING: {warning}" for warning in nll_warnings(result)]
+  return "\n".join(lines)
 
 
 def main(argv):
@@ -226,6 +334,11 @@ def main(argv):
                   classifier_test_accuracy=accuracy)
   print(format_result(result))
   print(f"Wrote {workdir_lib.write_json(workdir, workdir_lib.EVAL_FILE, result)}")
+  if "nll_by_num_samples" in result:
+    with metric_writers.ensure_flushes(workdir_lib.open_writer(workdir)) as writer:
+      paths = workdir_lib.write_figures(workdir, writer, run.step,
+                                        {"nll_vs_k": nll_figure(result)})
+    print(f"Wrote {' '.join(paths)}")
 
 if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "A run's workdir (holds config.json, checkpoints/).")

@@ -251,6 +251,20 @@ def training_curves(history) -> plt.Figure:
   return fig
 
 
+def nll_vs_k(ks, nll, stderr, title: str = "") -> plt.Figure:
+  """The importance-sampled NLL from the first k samples against k (log axis), with its
+  standard error over examples: where the curve flattens, k is enough."""
+  fig, axis = plt.subplots(figsize=(5.5, 3.8))
+  axis.errorbar(ks, nll, yerr=stderr, marker="o", capsize=3)
+  axis.set_xscale("log")
+  axis.set_xlabel("importance samples k")
+  axis.set_ylabel("test NLL estimate (nats)")
+  axis.grid(alpha=0.3, which="both")
+  axis.set_title(title or "NLL estimate against k")
+  fig.tight_layout()
+  return fig
+
+
 def to_rgb_array(fig: plt.Figure) -> np.ndarray:
   """(H, W, 3) uint8 pixels of a figure, e.g. for TensorBoard."""
   fig.canvas.draw()

@@ -437,6 +437,9 @@ class Group:
         member.final = {"test_nll_nats": result["nll_nats"],
                         "test_nll_stderr": result["nll_stderr"]}
         workdir_lib.write_json(member.workdir, workdir_lib.EVAL_FILE, result)
+        if workdir_lib.is_writer():
+          workdir_lib.write_figures(member.workdir, member.writer, self.step,
+                                    {"nll_vs_k": evaluate.nll_figure(result)})
 
   def summaries(self) -> list[dict]:
     """Each member's last epoch summary (with the NLL when evaluated)."""
