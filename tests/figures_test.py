@@ -188,3 +188,16 @@ def test_nll_vs_k_on_a_log_axis(tmp_path):
                          [0.3] * 6)
   assert fig.axes[0].get_xscale() == "log"
   _check_png(fig, tmp_path)
+
+
+def test_kl_per_dimension_sorts_and_marks_the_active_units(tmp_path):
+  fig = figures.kl_per_dimension([[0.1, 3.0, 0.0, 1.5], [0.2, 0.0]],
+                                 [[0.5, 1.0, 0.0, 0.02], [0.001, 0.0]], threshold=0.01)
+  first, second = fig.axes[:2]
+  heights = [patch.get_height() for patch in first.patches]
+  assert heights == [3.0, 1.5, 0.1, 0.0]  # Sorted by KL; active ones drawn first.
+  assert [text.get_text() for text in first.get_legend().get_texts()] == [
+      "active (3)", "inactive (1)"]
+  assert [text.get_text() for text in second.get_legend().get_texts()] == [
+      "active (0)", "inactive (2)"]
+  _check_png(fig, tmp_path)

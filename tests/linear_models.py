@@ -2,8 +2,11 @@
 (tests/nll_test.py: one latent layer; tests/two_layer_test.py: two)."""
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vae_jax import models
 
 
 class LinearGaussian(nn.Module):
@@ -39,3 +42,29 @@ def gaussian_log_density(x, mean, cov) -> float:
   diff = x - mean
   _, logdet = np.linalg.slogdet(cov)
   return -0.5 * (diff @ np.linalg.solve(cov, diff) + logdet + len(x) * np.log(2 * np.pi))
+
+
+def linear_gaussian_vae(scales, data_dim: int, noise_variance: float):
+  """p(z) = N(0, I), p(x|z) = N(Wz + b, s2 I) with W's rows orthogonal and of lengths
+  `scales` (a 0 is a latent dimension the decoder ignores), and its exact posterior as q.
+
+  Orthogonal rows make the exact posterior's covariance (I + W W^T / s2)^-1 diagonal, so
+  the model's diagonal Gaussian q represents it. Returns (model, params, b, the marginal
+  covariance of x).
+  """
+  latent_dim = len(scales)
+  rng = np.random.default_rng(0)
+  q, _ = np.linalg.qr(rng.normal(size=(data_dim, latent_dim)))
+  w = (q * np.asarray(scales, np.float64)).T  # (latent, data); W W^T = diag(scales^2).
+  b = rng.normal(size=data_dim)
+  posterior_cov = np.linalg.inv(np.eye(latent_dim) + w @ w.T / noise_variance)
+  a = (posterior_cov @ w / noise_variance).T  # The posterior mean is (x - b) @ a.
+  params = {
+      "encoder": {"a": a, "c": -b @ a, "logvar": np.log(np.diag(posterior_cov))},
+      "decoder": {"w": w, "b": b},
+  }
+  model = models.VAE(encoder=LinearGaussian(data_dim, latent_dim, flatten_image=True),
+                     decoder=LinearDecoder(latent_dim, data_dim),
+                     head=models.GaussianHead(variance="fixed", fixed_variance=noise_variance))
+  marginal_cov = w.T @ w + noise_variance * np.eye(data_dim)
+  return model, jax.tree.map(jnp.asarray, params), b, marginal_cov

@@ -64,7 +64,8 @@ def test_tiny_main_run_then_the_evaluate_and_sample_clis_on_it(tmp_path, mnist_m
 
   # The evaluate CLI: eval.json, and the -ELBO that training logged.
   result = subprocess.run([sys.executable, "-m", "vae_jax.evaluate", f"--workdir={workdir}",
-                           "--num_importance_samples=20", "--label_fidelity_samples=0"],
+                           "--num_importance_samples=20", "--label_fidelity_samples=0",
+                           "--sample_quality_samples=0"],  # Both would train the classifier.
                           cwd=REPO_ROOT, env=dict(os.environ, VAE_JAX_MANUAL_DIR=mnist_manual_dir),
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-5000:]
@@ -89,6 +90,17 @@ def test_tiny_main_run_then_the_evaluate_and_sample_clis_on_it(tmp_path, mnist_m
   assert "NLL from the first k samples: k = 1:" in result.stdout
   assert "effective sample size: mean" in result.stdout
   assert (workdir / "figures" / "nll_vs_k.png").read_bytes().startswith(b"\x89PNG")
+  # What the latents do, on the whole test split; which weights; which code.
+  assert evaluation["checkpoint"] == "latest" and evaluation["weights"] == "raw"
+  assert evaluation["num_units"] == 2 and 0 <= evaluation["active_units"] <= 2
+  np.testing.assert_allclose(evaluation["mutual_information_nats"]
+                             + evaluation["marginal_kl_nats"], evaluation["latent_kl_nats"],
+                             rtol=1e-9)
+  assert 0 <= evaluation["mutual_information_nats"] <= np.log(10000)
+  assert "active units (A_u > 0.01):" in result.stdout
+  assert (workdir / "figures" / "kl_per_dimension.png").read_bytes().startswith(b"\x89PNG")
+  manifest = json.loads((workdir / "manifest.json").read_text())
+  assert len(manifest) == 1 and manifest[0]["resumed_from_step"] is None
 
   # The sample CLI, asked to redraw everything too.
   result = _run_sample(f"--workdir={workdir}", "--label=3", "--num=16", "--all_figures")
@@ -96,7 +108,8 @@ def test_tiny_main_run_then_the_evaluate_and_sample_clis_on_it(tmp_path, mnist_m
   png = (workdir / "figures" / "samples_label3.png").read_bytes()
   assert png.startswith(b"\x89PNG") and len(png) > 1000
   printed = {os.path.basename(path) for path in result.stdout.split()}
-  assert printed == set(trained_figures) | {"samples_label3.png"}
+  # Every figure but the evaluation's own (drawn by training's and evaluate's last step).
+  assert printed == set(trained_figures) - {"kl_per_dimension.png"} | {"samples_label3.png"}
   # Same checkpoint, same fixed keys: the redrawn figures are the training run's, byte for byte.
   for name, png in trained_figures.items():
     assert (workdir / "figures" / name).read_bytes() == png, name
@@ -172,6 +185,10 @@ def test_bad_enum_value_names_the_key_and_the_allowed_values(tmp_path):
     ("loss.kl_warmup_epochs", -2.0, "config.loss.kl_warmup_epochs=-2.0 must be a number >= 0"),
     ("loss.free_bits", -0.5, "config.loss.free_bits=-0.5 must be a number >= 0"),
     ("dtype", "float16", "config.dtype='float16' is not one of 'float32', 'bfloat16'"),
+    ("train.ema_decay", 1.0, "config.train.ema_decay=1.0 must be in [0, 1)"),
+    ("train.ema_decay", -0.1, "config.train.ema_decay=-0.1 must be in [0, 1)"),
+    ("eval.diagnostics_examples", -1, "config.eval.diagnostics_examples=-1 must be a "
+                                      "non-negative integer"),
 ])
 def test_validate_rejects_bad_values(key, value, expected):
   config = config_schema.default_config()

@@ -8,38 +8,18 @@ import numpy as np
 import pytest
 
 from tests.conftest import tiny_config
-from tests.linear_models import LinearDecoder, LinearGaussian, gaussian_log_density
+from tests.linear_models import gaussian_log_density, linear_gaussian_vae
 from vae_jax import evaluate
 from vae_jax import losses
 from vae_jax import models
 from vae_jax import parallel
 from vae_jax import steps
 
-_DATA_DIM, _LATENT_DIM, _NOISE_VARIANCE = 6, 3, 0.3
+_DATA_DIM, _NOISE_VARIANCE = 6, 0.3
 
 
 def _linear_gaussian_model():
-  """p(z) = N(0, I), p(x|z) = N(Wz + b, s2 I), W with orthogonal columns, and its exact q.
-
-  Orthogonal columns make the exact posterior's covariance (I + W^T W / s2)^-1 diagonal,
-  so the model's diagonal Gaussian q can represent it.
-  """
-  rng = np.random.default_rng(0)
-  q, _ = np.linalg.qr(rng.normal(size=(_DATA_DIM, _LATENT_DIM)))
-  w = (q * np.array([2.0, 1.0, 0.5])).T  # (latent, data); W^T W = diag(4, 1, 0.25).
-  b = rng.normal(size=_DATA_DIM)
-  posterior_cov = np.linalg.inv(np.eye(_LATENT_DIM) + w @ w.T / _NOISE_VARIANCE)
-  a = (posterior_cov @ w / _NOISE_VARIANCE).T  # mean = A^T-applied: x @ a.
-  params = {
-      "encoder": {"a": a, "c": -b @ a, "logvar": np.log(np.diag(posterior_cov))},
-      "decoder": {"w": w, "b": b},
-  }
-  model = models.VAE(encoder=LinearGaussian(_DATA_DIM, _LATENT_DIM, flatten_image=True),
-                     decoder=LinearDecoder(_LATENT_DIM, _DATA_DIM),
-                     head=models.GaussianHead(variance="fixed",
-                                              fixed_variance=_NOISE_VARIANCE))
-  marginal_cov = w.T @ w + _NOISE_VARIANCE * np.eye(_DATA_DIM)
-  return model, jax.tree.map(jnp.asarray, params), b, marginal_cov
+  return linear_gaussian_vae((2.0, 1.0, 0.5), _DATA_DIM, _NOISE_VARIANCE)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 4, 5))

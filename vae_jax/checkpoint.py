@@ -20,10 +20,14 @@ import orbax.checkpoint as ocp
 
 
 class _QuietOrbax(python_logging.Filter):
-  """Drops orbax's INFO chatter (dozens of lines per save); keeps its warnings."""
+  """Drops orbax's INFO chatter (dozens of lines per save) and its warning that a save
+  between epochs has no metric to rank (those are kept by recency); keeps the others."""
 
   def filter(self, record):
-    return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
+    if "/orbax/" not in record.pathname:
+      return True
+    return (record.levelno >= python_logging.WARNING
+            and "did not provide metrics" not in record.getMessage())
 
 
 def quiet_orbax_logging() -> None:
@@ -31,34 +35,71 @@ def quiet_orbax_logging() -> None:
   logging.get_absl_handler().addFilter(_QuietOrbax())
 
 
+def _saved_items(state) -> dict:
+  """What a checkpoint holds of a train state, by name: `ema_params` only when the run
+  keeps the average, so checkpoints without it keep the layout they always had (and
+  checkpoints written before the average existed still load)."""
+  items = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+  if state.ema_params is not None:
+    items["ema_params"] = state.ema_params
+  return items
+
+
+# The metric saved with a checkpoint at an epoch's end; the lowest one is kept as "best".
+BEST_METRIC = "validation_neg_elbo"
+
+
 class Checkpointer:
-  """Restore the latest good checkpoint, save, list steps."""
+  """Restore the latest good checkpoint, save, list steps.
+
+  Keeps the latest `max_to_keep` checkpoints and, beside them, the one with the lowest
+  validation -ELBO among those saved with it (orbax's preservation policies): `best_step`.
+  """
 
   def __init__(self, workdir: str, max_to_keep: int):
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, "checkpoints")
+    keep = ocp.checkpoint_managers.AnyPreservationPolicy([
+        ocp.checkpoint_managers.LatestN(n=max_to_keep),
+        ocp.checkpoint_managers.BestN(
+            get_metric_fn=lambda metrics: metrics[BEST_METRIC], reverse=True, n=1,
+            keep_checkpoints_without_metrics=False)])
     self._manager = ocp.CheckpointManager(
         self.directory, item_names=("state", "progress"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                             cleanup_tmp_directories=True,
-                                             enable_async_checkpointing=False))
+        options=ocp.CheckpointManagerOptions(
+            preservation_policy=keep, best_fn=lambda metrics: metrics[BEST_METRIC],
+            best_mode="min", create=True, cleanup_tmp_directories=True,
+            enable_async_checkpointing=False))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def best_step(self) -> int | None:
+    """The step with the lowest validation -ELBO saved with it; None when no checkpoint
+    has one (a run without a validation split)."""
+    if not any(self._manager.metrics(step) for step in self._manager.all_steps()):
+      return None
+    return self._manager.best_step()
+
   def step_path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
+
+  def restore(self, step: int, initial_state):
+    """The state and progress saved at `step`, shaped and sharded like `initial_state`."""
+    return self._restore(step, initial_state)
 
   def restore_latest(self, initial_state, max_step: int | None = None):
     """(state, progress, step) of the newest checkpoint that loads (at or before
     `max_step` if given); else (initial_state, {}, None). `state` is shaped and sharded
     like `initial_state`."""
-    abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, initial_state)
     failed = []
     steps = [s for s in self._manager.all_steps() if max_step is None or s <= max_step]
     for step in sorted(steps, reverse=True):
       try:
-        state, progress = self._restore(step, abstract_state)
+        state, progress = self._restore(step, initial_state)
       except Exception as error:  # pylint: disable=broad-except  (any unreadable file)
         failed.append(step)
         moved_to = self._set_aside(step)
@@ -73,16 +114,17 @@ class Checkpointer:
       logging.warning("No checkpoint in %s loads: starting from scratch.", self.directory)
     return initial_state, {}, None
 
-  def _restore(self, step, abstract_state):
+  def _restore(self, step, initial_state):
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _saved_items(initial_state))
     step_dir = self.step_path(step)
     if os.path.isdir(os.path.join(step_dir, "default")):  # Written before `progress` existed.
       legacy = ocp.CheckpointManager(self.directory)
-      state = legacy.restore(step, args=ocp.args.StandardRestore(abstract_state))
+      items = legacy.restore(step, args=ocp.args.StandardRestore(abstract))
       legacy.close()
-      return state, {}
+      return initial_state.replace(**items), {}
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), progress=ocp.args.JsonRestore()))
-    return restored["state"], dict(restored["progress"] or {})
+        state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
+    return initial_state.replace(**restored["state"]), dict(restored["progress"] or {})
 
   def _set_aside(self, step: int) -> str:
     """Moves a bad checkpoint out of orbax's sight (kept for inspection, not deleted)."""
@@ -99,12 +141,16 @@ class Checkpointer:
     self._manager.reload()
     return target
 
-  def save(self, step: int, state, progress: dict | None = None) -> None:
-    """Saves unless this step is already saved (e.g. preempted right after a save)."""
+  def save(self, step: int, state, progress: dict | None = None,
+           validation_neg_elbo: float | None = None) -> None:
+    """Saves unless this step is already saved (e.g. preempted right after a save);
+    `validation_neg_elbo` (at epoch ends) ranks it for best_step."""
     if step in self._manager.all_steps():
       return
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress or {})))
+    metrics = None if validation_neg_elbo is None else {BEST_METRIC: validation_neg_elbo}
+    self._manager.save(step, metrics=metrics, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_saved_items(state)),
+        progress=ocp.args.JsonSave(progress or {})))
     self._manager.wait_until_finished()
 
   def close(self) -> None:

@@ -1,9 +1,11 @@
 """A small CNN classifier, trained once per dataset, to score conditional samples.
 
 Label fidelity of a conditional VAE: the fraction of samples generated for class y that
-this classifier assigns to y. The classifier is trained on the dataset's training split
-(grayscale pixels in [0, 1]) and cached under a workdir of its own; its test accuracy is
-reported with every fidelity so the reader can judge the judge.
+this classifier assigns to y. Its penultimate layer (`features`) is also the space in
+which vae_jax/sample_quality.py compares samples with test images. The classifier is
+trained on the dataset's training split (grayscale pixels in [0, 1]) and cached under a
+workdir of its own; its test accuracy is reported with every fidelity so the reader can
+judge the judge.
 """
 
 import json
@@ -23,6 +25,7 @@ _NUM_EPOCHS = 3
 _BATCH_SIZE = 128
 _LEARNING_RATE = 1e-3
 _RESULT_FILE = "classifier.json"
+FEATURE_DIM = 128  # Width of the penultimate layer, the space `features` maps into.
 
 
 class Classifier(nn.Module):
@@ -30,14 +33,26 @@ class Classifier(nn.Module):
   num_classes: int = 10
 
   @nn.compact
-  def __call__(self, images: jax.Array) -> jax.Array:
+  def __call__(self, images: jax.Array, return_features: bool = False) -> jax.Array:
+    """Logits (N, num_classes); with return_features, the penultimate activations instead."""
     hidden = images
     for features in (32, 64):
       hidden = nn.relu(nn.Conv(features, (3, 3))(hidden))
       hidden = nn.max_pool(hidden, (2, 2), strides=(2, 2))
     hidden = hidden.reshape(hidden.shape[:-3] + (-1,))
-    hidden = nn.relu(nn.Dense(128)(hidden))
+    hidden = nn.relu(nn.Dense(FEATURE_DIM)(hidden))
+    if return_features:
+      return hidden
     return nn.Dense(self.num_classes)(hidden)
+
+
+def features(params, images: jax.Array) -> jax.Array:
+  """The penultimate layer (N, FEATURE_DIM) of images in [0, 1], (N, 28, 28, 1).
+
+  The logits layer is not run, so num_classes does not matter here; a module-level function
+  (not a fresh lambda) so that jitted callers taking it as a static argument compile once.
+  """
+  return Classifier().apply({"params": params}, images, return_features=True)
 
 
 def _accuracy(model, params, images_uint8: np.ndarray, labels: np.ndarray) -> float:

@@ -141,6 +141,9 @@ def default_config() -> ml_collections.ConfigDict:
   # False: a NaN or inf in the loss or gradients stops the run, naming the step. True:
   # such an update is skipped (parameters and Adam state kept) and counted.
   config.train.skip_nonfinite_updates = False
+  # An exponential moving average of the parameters, updated after every step with this
+  # decay and saved with the state (vae_jax.evaluate --weights=ema); 0: off.
+  config.train.ema_decay = 0.0
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 1000
@@ -151,6 +154,13 @@ def default_config() -> ml_collections.ConfigDict:
   # CPU (README, "Performance"); a larger model may want fewer.
   config.eval.nll_batch_size = 20
   config.eval.importance_chunk_size = 500
+  # The binarization of the evaluated (validation, test) images under 'dynamic' comes from
+  # jax.random.key(binarization_seed), not from the run's seed, so runs with different
+  # seeds or configs are scored on the same binarized images (as Burda et al.'s code).
+  config.eval.binarization_seed = 0
+  # Latent diagnostics (active units, mutual information) at every epoch end on the first
+  # this many examples of the validation split (else test); in full in eval.json. 0: off.
+  config.eval.diagnostics_examples = 1000
 
   config.figures = ml_collections.ConfigDict()
   config.figures.num_reconstructions = 10
@@ -298,7 +308,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
             f"config.{key}={value!r} must be a positive integer.")
   for key in ("train.num_epochs", "train.num_steps", "data.validation_size",
-              "eval.num_importance_samples", "checkpoint_every_steps",
+              "eval.num_importance_samples", "eval.binarization_seed",
+              "eval.diagnostics_examples", "checkpoint_every_steps",
               "figures.num_reconstructions", "figures.num_prior_samples",
               "figures.every_epochs", "figures.num_scatter_points",
               "figures.num_interpolations", "figures.num_denoising_examples"):
@@ -331,6 +342,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("train.adam_b1", "train.adam_b2"):
     value = _get(config, key)
     require(0 <= value < 1, f"config.{key}={value!r} must be in [0, 1).")
+  require(isinstance(config.train.ema_decay, (int, float))
+          and 0 <= config.train.ema_decay < 1,
+          f"config.train.ema_decay={config.train.ema_decay!r} must be in [0, 1): the "
+          "weight of the old average at each step (0.999 is usual; 0 turns the average off).")
   require(0 <= config.model.dropout_rate < 1,
           f"config.model.dropout_rate={config.model.dropout_rate!r} must be in [0, 1).")
   noise_stds = config.figures.denoising_noise_stds

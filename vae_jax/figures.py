@@ -265,6 +265,30 @@ def nll_vs_k(ks, nll, stderr, title: str = "") -> plt.Figure:
   return fig
 
 
+def kl_per_dimension(kl_per_dim_by_layer, activity_by_layer, threshold: float,
+                     title: str = "") -> plt.Figure:
+  """Each layer's mean KL per latent dimension, dimensions sorted by KL (largest first),
+  the active ones (activity above `threshold`) filled, the inactive ones hollow."""
+  num_layers = len(kl_per_dim_by_layer)
+  fig, axes = plt.subplots(1, num_layers, figsize=(5.5 * num_layers, 3.8), squeeze=False)
+  for index, (axis, kl, activity) in enumerate(zip(axes[0], kl_per_dim_by_layer,
+                                                   activity_by_layer), start=1):
+    kl, activity = np.asarray(kl), np.asarray(activity)
+    order = np.argsort(-kl)
+    active = activity[order] > threshold
+    positions = np.arange(len(kl))
+    axis.bar(positions[active], kl[order][active], color="tab:blue",
+             label=f"active ({int(active.sum())})")
+    axis.bar(positions[~active], kl[order][~active], color="none", edgecolor="tab:gray",
+             label=f"inactive ({int((~active).sum())})")
+    axis.set_xlabel("latent dimension, by KL" + (f" (z{index})" if num_layers > 1 else ""))
+    axis.set_ylabel("mean KL (nats)")
+    axis.grid(alpha=0.3, axis="y")
+    axis.legend()
+  _finish(fig, title or "KL per latent dimension")
+  return fig
+
+
 def to_rgb_array(fig: plt.Figure) -> np.ndarray:
   """(H, W, 3) uint8 pixels of a figure, e.g. for TensorBoard."""
   fig.canvas.draw()

@@ -73,6 +73,12 @@ def diagonal_gaussian_log_density(z: jax.Array, mean: jax.Array,
                         + jnp.log(2.0 * jnp.pi), axis=-1)
 
 
+def diagonal_gaussian_log_density_per_dim(z: jax.Array, mean: jax.Array,
+                                          logvar: jax.Array) -> jax.Array:
+  """diagonal_gaussian_log_density's terms, one per latent dimension."""
+  return -0.5 * (jnp.square(z - mean) * jnp.exp(-logvar) + logvar + jnp.log(2.0 * jnp.pi))
+
+
 def reparameterized_log_density(eps: jax.Array, logvar: jax.Array) -> jax.Array:
   """log N(z; mean, exp(logvar)) at z = mean + std * eps: (z - mean)^2 / var is eps^2."""
   return -0.5 * jnp.sum(jnp.square(eps) + logvar + jnp.log(2.0 * jnp.pi), axis=-1)
@@ -194,6 +200,8 @@ def make_example_terms_fn(model: nn.Module, config, *, train: bool):
   result does not depend on how the batch is split over devices). Dropout is on only
   when `train`; evaluation is deterministic given the key. `weights` ({"kl_weight",
   "free_bits"}, possibly traced) replaces loss_weights(config), e.g. during KL warm-up.
+  `binarization_key` replaces the example key's binarization purpose (evaluators pass
+  one that does not depend on the run: evaluate.eval_binarization_keys).
   """
   likelihood = config.model.likelihood
   binarization = config.data.binarization
@@ -201,10 +209,12 @@ def make_example_terms_fn(model: nn.Module, config, *, train: bool):
   objective = config.loss.objective
   default_weights = loss_weights(config)
 
-  def example_terms(params, image_uint8, label, example_key, weights=None):
+  def example_terms(params, image_uint8, label, example_key, weights=None,
+                    binarization_key=None):
     weights = default_weights if weights is None else weights
-    image = input_pipeline.to_model_input(
-        image_uint8, binarization, jax.random.fold_in(example_key, PURPOSE_BINARIZATION))
+    if binarization_key is None:
+      binarization_key = jax.random.fold_in(example_key, PURPOSE_BINARIZATION)
+    image = input_pipeline.to_model_input(image_uint8, binarization, binarization_key)
     dropout_rng = jax.random.fold_in(example_key, PURPOSE_DROPOUT) if train else None
     return elbo_terms(model, {"params": params}, image, label,
                       jax.random.fold_in(example_key, PURPOSE_REPARAMETERIZATION),

@@ -11,6 +11,8 @@ step updates K parameter sets, each with its own keys, data order and hyperparam
 exactly as K separate runs would (tests/vectorized_test.py checks it to 1e-5).
 """
 
+from typing import Any
+
 import flax.linen as nn
 from flax.training import train_state
 import jax
@@ -81,14 +83,24 @@ def make_optimizer(config, steps_per_epoch: int, learning_rate=None):
                     eps=config.train.adam_eps)
 
 
+class TrainState(train_state.TrainState):
+  """flax's TrainState with `ema_params`, the exponential moving average of the
+  parameters (config.train.ema_decay > 0), or None (no leaves: saved as before)."""
+  ema_params: Any = None
+
+
 def create_train_state(model: nn.Module, config, rng_init: jax.Array,
-                       steps_per_epoch: int = 1) -> train_state.TrainState:
-  """Initializes parameters (from one example's shapes) and Adam."""
+                       steps_per_epoch: int = 1) -> TrainState:
+  """Initializes parameters (from one example's shapes), Adam, and the average."""
   variables = model.init(rng_init, jnp.zeros(models.IMAGE_SHAPE, jnp.float32),
                          jnp.zeros((model.noise_dim,), jnp.float32),
                          jnp.zeros((), jnp.int32))
-  state = train_state.TrainState.create(apply_fn=model.apply, params=variables["params"],
-                                        tx=make_optimizer(config, steps_per_epoch))
+  params = variables["params"]
+  state = TrainState.create(apply_fn=model.apply, params=params,
+                            tx=make_optimizer(config, steps_per_epoch),
+                            # Its own buffers: the program donates the whole state.
+                            ema_params=(jax.tree.map(jnp.copy, params)
+                                        if config.train.ema_decay > 0 else None))
   # A strongly typed step, like the one the train step returns, so step 2 does not retrace.
   return state.replace(step=jnp.zeros((), jnp.int32))
 
@@ -140,8 +152,9 @@ def make_train_step(model: nn.Module, config, steps_per_epoch: int):
   """
   grads_fn = make_grads_fn(model, config)
   skip_nonfinite = config.train.skip_nonfinite_updates
+  ema_decay = config.train.ema_decay
 
-  def train_step(state: train_state.TrainState, batch, rng: jax.Array, hyper: dict):
+  def train_step(state: TrainState, batch, rng: jax.Array, hyper: dict):
     step_rng = jax.random.fold_in(rng, state.step)
     warmup = kl_warmup_factor(state.step, hyper["kl_warmup_epochs"], steps_per_epoch)
     weights = {"kl_weight": hyper["kl_weight"] * warmup, "free_bits": hyper["free_bits"]}
@@ -151,6 +164,9 @@ def make_train_step(model: nn.Module, config, steps_per_epoch: int):
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1, opt_state=opt_state,
                               params=optax.apply_updates(state.params, updates))
+    if state.ema_params is not None:  # Static: runs without the average keep their bits.
+      new_state = new_state.replace(ema_params=optax.incremental_update(
+          new_state.params, state.ema_params, step_size=1.0 - ema_decay))
     if skip_nonfinite:
       # A non-finite gradient makes grad_norm non-finite. A skipped update keeps the
       # parameters and Adam's moments but advances the step (and with it the data).
@@ -267,12 +283,14 @@ def unstack(tree, index: int):
   return jax.tree.map(lambda leaf: leaf[index], tree)
 
 
-def stack_states(states: list) -> train_state.TrainState:
+def stack_states(states: list) -> TrainState:
   """One TrainState whose leaves carry a leading model axis (tx and apply_fn, static,
   are the first state's: the step builds each model's optimizer from its hyperparameters)."""
-  return states[0].replace(step=stack([s.step for s in states]),
-                           params=stack([s.params for s in states]),
-                           opt_state=stack([s.opt_state for s in states]))
+  return states[0].replace(
+      step=stack([s.step for s in states]), params=stack([s.params for s in states]),
+      opt_state=stack([s.opt_state for s in states]),
+      ema_params=(None if states[0].ema_params is None
+                  else stack([s.ema_params for s in states])))
 
 
 def stack_hyperparameters(configs: list) -> dict[str, jax.Array]:

@@ -18,15 +18,16 @@ shared filesystem); every process aggregates what has finished when it ends, and
 jax.distributed processes: each shard is an ordinary single-host program.)
 
 Results (vae_jax/sweep_results.py): DIR/results.csv (a row per run), DIR/results.md
-(mean ± std over seeds) and DIR/<metric>.png against the swept values; --report=FOLDER
-also writes them into FOLDER/README.md, keeping the text written there by hand.
+(mean ± std over seeds, and each point's difference to a baseline point, --baseline,
+paired by seed with a bootstrap interval) and DIR/<metric>.png against the swept values;
+--report=FOLDER also writes them into FOLDER/README.md, keeping the text written there by
+hand.
 """
 
 import ast
 import dataclasses
 import itertools
 import os
-import re
 import signal
 import sys
 import time
@@ -77,8 +78,13 @@ class SweepRun:
 
 def point_name(point: dict) -> str:
   """'model.latent_dim=2,loss.kl_weight=0.5': a readable, file-safe directory name."""
-  text = ",".join(f"{key}={sweep_results.format_value(value)}" for key, value in point.items()) or "base"
-  return re.sub(r"[^A-Za-z0-9_.,=()+-]", "_", text)
+  return sweep_results.point_name(point)
+
+
+def with_overrides(sweep: Sweep, extra_overrides: dict | None) -> Sweep:
+  """The sweep as its runs were configured: --set overrides join its fixed ones (so the
+  report's "Every run" line says what was run)."""
+  return dataclasses.replace(sweep, fixed={**sweep.fixed, **(extra_overrides or {})})
 
 
 def load_sweep(path: str) -> tuple[str, Sweep]:
@@ -165,9 +171,10 @@ def train_group(group: list[SweepRun]) -> None:
 def run_sweep(sweep_path: str, workdir: str, *, mode: str = "sequential",
               max_models_per_program: int = 0, num_shards: int = 1, shard_index: int = 0,
               extra_overrides: dict | None = None, report_dir: str | None = None,
-              command: str = "") -> list[str]:
+              command: str = "", baseline: str | None = None) -> list[str]:
   """Trains this process's unfinished share of the sweep, then aggregates what has
-  finished. Returns the names of the runs that failed (their errors are logged)."""
+  finished, with paired differences to `baseline` (a point's name; None: the first).
+  Returns the names of the runs that failed (their errors are logged)."""
   if mode not in ("sequential", "vectorized"):
     raise ValueError(f"--mode={mode!r} is not one of 'sequential', 'vectorized'.")
   if num_shards < 1:
@@ -180,6 +187,7 @@ def run_sweep(sweep_path: str, workdir: str, *, mode: str = "sequential",
                      "(0: no limit).")
   name, sweep = load_sweep(sweep_path)
   runs = expand(sweep, workdir, extra_overrides)
+  sweep_results.baseline_name(sweep, baseline)  # An unknown name fails before training.
   mine = runs[shard_index::num_shards]
   todo = [run for run in mine if not is_finished(run)]
   logging.info("Sweep %s: %d runs; this process's share is %d, of which %d are finished "
@@ -202,8 +210,9 @@ def run_sweep(sweep_path: str, workdir: str, *, mode: str = "sequential",
       logging.error("Failed: %s: %s", names, error)
       failed += [run.name for run in group]
   if jax.process_index() == 0:
-    sweep_results.aggregate(sweep, runs, workdir, name=name, report_dir=report_dir,
-                            command=command)
+    sweep_results.aggregate(with_overrides(sweep, extra_overrides), runs, workdir,
+                            name=name, report_dir=report_dir, command=command,
+                            baseline=baseline)
   return failed
 
 
@@ -227,6 +236,9 @@ def _define_flags():
   flags.DEFINE_bool("aggregate_only", False, "Only collect finished runs into the results.")
   flags.DEFINE_string("report", None, "Folder whose README.md gets the results (the text "
                       "outside the generated block is kept), with the plots beside it.")
+  flags.DEFINE_string("baseline", None, "The point the report's paired differences are "
+                      "taken to, by its name in results.csv's point column, e.g. "
+                      "loss.kl_weight=1.0 (default: the sweep's first point).")
   flags.mark_flags_as_required(["sweep", "workdir"])
 
 
@@ -252,14 +264,16 @@ def main(argv):
     if FLAGS.aggregate_only:
       name, sweep = load_sweep(FLAGS.sweep)
       runs = expand(sweep, FLAGS.workdir, _parse_set(FLAGS.set))
-      sweep_results.aggregate(sweep, runs, FLAGS.workdir, name=name, report_dir=FLAGS.report,
-                              command=command)
+      sweep_results.baseline_name(sweep, FLAGS.baseline)
+      sweep_results.aggregate(with_overrides(sweep, _parse_set(FLAGS.set)), runs,
+                              FLAGS.workdir, name=name, report_dir=FLAGS.report,
+                              command=command, baseline=FLAGS.baseline)
       return
     failed = run_sweep(FLAGS.sweep, FLAGS.workdir, mode=FLAGS.mode,
                        max_models_per_program=FLAGS.max_models_per_program,
                        num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index,
                        extra_overrides=_parse_set(FLAGS.set), report_dir=FLAGS.report,
-                       command=command)
+                       command=command, baseline=FLAGS.baseline)
   except (ValueError, input_pipeline.DataError) as error:
     sys.exit(str(error))
   except train.PreemptedError as preempted:

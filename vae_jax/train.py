@@ -236,6 +236,8 @@ class Group:
     self.model = models.get_model(self.config.model, self.config.dtype)
     with timer.phase("checkpoints"):
       self.restore()
+    for member in self.members:  # After restore: the step it resumes from is settled.
+      workdir_lib.record_manifest(member.workdir, member.config, self.checkpoint_step)
     self.program = steps.make_train_program(self.model, configs, self.mesh,
                                             self.data.steps_per_epoch)
     self.compiled_sizes = set()
@@ -252,6 +254,7 @@ class Group:
     self._batch_indices = jax.jit(batch_indices)
     self._indices = (None, None)  # (epoch, its batch indices)
     self.evaluate_elbo = evaluate.make_elbo_evaluator(self.model, self.config, self.mesh)
+    self.evaluate_latents = evaluate.make_latent_evaluator(self.model, self.config, self.mesh)
     self.pending = []  # Dispatched steps' metrics, on the device.
     self.interval_start = (time.time(), self.step)
 
@@ -373,6 +376,7 @@ class Group:
                                                 member.keys["eval"],
                                                 losses.loss_weights(member.config)).items():
             summary[f"{split}_{name}"] = value
+        summary.update(self.latent_summary(index, member))
         summary["epoch"] = epoch
         member.writer.write_scalars(self.step, workdir_lib.tensorboard_scalars(
             {**summary, "train_learning_rate": learning_rate}))
@@ -386,6 +390,25 @@ class Group:
                      summary["train_kl"], summary.get("test_neg_elbo", float("nan")),
                      f"; {train_means['skipped_updates']} updates skipped"
                      if train_means.get("skipped_updates") else "")
+
+  def latent_summary(self, index: int, member: Member) -> dict[str, float]:
+    """Active units and the KL's split into I(x; z) + KL(q(z) || p(z)) on the first
+    config.eval.diagnostics_examples of the validation split (else test), for the epoch's
+    summary: cheap next to the epoch, unlike eval.json's whole test split."""
+    num_examples = self.config.eval.diagnostics_examples
+    split = next((name for name in ("validation", "test") if name in self.data.eval), None)
+    if not num_examples or split is None:
+      return {}
+    split_data = self.data.eval[split]
+    result = self.evaluate_latents(self.params(index), split_data, member.keys["eval"],
+                                   min(num_examples, split_data["image"].shape[0]))
+    summary = {f"{split}_active_units": result["active_units"],
+               f"{split}_mutual_information": result["mutual_information_nats"],
+               f"{split}_marginal_kl": result["marginal_kl_nats"]}
+    if len(result["latent_layers"]) > 1:
+      summary.update({f"{split}_active_units_z{layer['layer']}": layer["active_units"]
+                      for layer in result["latent_layers"]})
+    return summary
 
   def save(self) -> None:
     """A checkpoint of every member at this step, its metrics and parameters checked."""
@@ -401,7 +424,12 @@ class Group:
     with self.timer.phase("checkpoints"):
       for index, member in enumerate(self.members):
         state = steps.unstack(self.state, index) if self.vectorized else self.state
-        member.checkpointer.save(self.step, state, {"epoch_metrics": member.epoch_metrics})
+        logged = member.history[-1] if member.history else {}
+        # At an epoch's end: ranked by its validation -ELBO, the best one is kept.
+        validation = (logged.get("validation_neg_elbo") if logged.get("step") == self.step
+                      else None)
+        member.checkpointer.save(self.step, state, {"epoch_metrics": member.epoch_metrics},
+                                 validation_neg_elbo=validation)
     self.checkpoint_step = self.step
 
   def draw_figures(self, *, final: bool) -> None:
@@ -420,26 +448,28 @@ class Group:
         if final:
           logging.info("Wrote %d figures to %s/figures.", len(paths), member.workdir)
 
-  def evaluate_nll(self) -> None:
-    """The test NLL when config.eval.num_importance_samples > 0: logged, added to the
-    last summary, written to TensorBoard and eval.json."""
+  def evaluate_final(self) -> None:
+    """The test split's -ELBO, latent diagnostics and (when
+    config.eval.num_importance_samples > 0) NLL: logged, written to eval.json and
+    TensorBoard, the NLL added to the run's summary."""
     num_samples = self.config.eval.num_importance_samples
-    if not num_samples or "test" not in self.data.eval:
+    if "test" not in self.data.eval:
       return
     with self.timer.phase("eval"):
       for index, member in enumerate(self.members):
         result = evaluate.evaluate_params(
             self.model, self.params(index), member.config, self.data.eval["test"],
             self.mesh, member.keys["eval"], num_importance_samples=num_samples)
-        result.update(split="test", step=self.step)
+        result.update(split="test", step=self.step, checkpoint="latest", weights="raw")
         logging.info("%s", evaluate.format_result(result))
-        member.writer.write_scalars(self.step, {"test/nll": result["nll_nats"]})
-        member.final = {"test_nll_nats": result["nll_nats"],
-                        "test_nll_stderr": result["nll_stderr"]}
+        if num_samples:
+          member.writer.write_scalars(self.step, {"test/nll": result["nll_nats"]})
+          member.final = {"test_nll_nats": result["nll_nats"],
+                          "test_nll_stderr": result["nll_stderr"]}
         workdir_lib.write_json(member.workdir, workdir_lib.EVAL_FILE, result)
         if workdir_lib.is_writer():
           workdir_lib.write_figures(member.workdir, member.writer, self.step,
-                                    {"nll_vs_k": evaluate.nll_figure(result)})
+                                    evaluate.result_figures(result))
 
   def summaries(self) -> list[dict]:
     """Each member's last epoch summary (with the NLL when evaluated)."""
@@ -519,7 +549,7 @@ def train_group(configs: list, workdirs: list[str],
                  if group.vectorized else "")
               + ". Run the same command again to resume.")
 
-      group.evaluate_nll()
+      group.evaluate_final()
       if config.figures.final:
         group.draw_figures(final=True)
   finally:

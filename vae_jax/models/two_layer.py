@@ -89,3 +89,31 @@ class TwoLayerVAE(nn.Module):
         "log_posterior": (losses.reparameterized_log_density(eps1, z1_logvar)
                           + losses.reparameterized_log_density(eps2, z2_logvar)),
     }
+
+  def latent_layers(self, image: jax.Array, eps: jax.Array, label=None) -> list[dict]:
+    """VAE.latent_layers for z1 and z2, from S joint samples (eps (S, noise_dim)).
+
+    z1: E_q[z1|x] is q(z1|x)'s mean; its KL share per dimension, E_q[log q(z1_u|x) -
+    log p(z1_u|z2)], is the samples' mean (p(z1|z2) makes it intractable). z2: E_q[z2|x]
+    and its share E_q(z1|x)[KL(q(z2|z1) || p(z2))] per dimension are the means over the
+    S samples of z1 of the closed forms. The shares sum to an unbiased estimate of the
+    total KL(q(z1, z2|x) || p(z1, z2)). z2 depends on x only through z1, so
+    I(x; z1, z2) = I(x; z1): q(z1|x) alone gives the mutual information.
+    """
+    condition = self._condition(label)
+    z1_dim = self.bottom_encoder.latent_dim
+    eps1, eps2 = eps[..., :z1_dim], eps[..., z1_dim:]
+    z1_mean, z1_logvar = self.bottom_encoder(image, condition)
+    z1 = reparameterize(z1_mean, z1_logvar, eps1)
+    z2_mean, z2_logvar = self.top_encoder(z1, condition)
+    z2 = reparameterize(z2_mean, z2_logvar, eps2)
+    prior_z1_mean, prior_z1_logvar = self.top_decoder(z2, condition)
+    z1_kl = (losses.diagonal_gaussian_log_density_per_dim(z1, z1_mean, z1_logvar)
+             - losses.diagonal_gaussian_log_density_per_dim(z1, prior_z1_mean,
+                                                            prior_z1_logvar))
+    return [
+        {"posterior_mean": z1_mean, "kl_per_dim": z1_kl.mean(axis=0), "mean": z1_mean,
+         "logvar": z1_logvar, "z": z1[0]},
+        {"posterior_mean": z2_mean.mean(axis=0),
+         "kl_per_dim": losses.gaussian_kl_per_dim(z2_mean, z2_logvar).mean(axis=0)},
+    ]

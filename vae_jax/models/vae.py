@@ -133,3 +133,16 @@ class VAE(nn.Module):
         "kl": losses.gaussian_kl(mean, logvar),
         "kl_per_dim": losses.gaussian_kl_per_dim(mean, logvar),
     }
+
+  def latent_layers(self, image: jax.Array, eps: jax.Array, label=None) -> list[dict]:
+    """What each stochastic layer does for ONE example, for the latent diagnostics
+    (evaluate.make_latent_evaluator); eps (S, noise_dim) as in `__call__`.
+
+    One dict per layer, nearest x first: `posterior_mean` E_q[z|x], `kl_per_dim` the
+    layer's share of KL(q(z|x) || p(z)) per dimension (they sum to the KL); the first also
+    has `mean` and `logvar` of its Gaussian q(z1|x) and one sample `z` (from eps[0]),
+    which determine the mutual information I(x; z) under q.
+    """
+    mean, logvar = self.encode(image, label)
+    return [{"posterior_mean": mean, "kl_per_dim": losses.gaussian_kl_per_dim(mean, logvar),
+             "mean": mean, "logvar": logvar, "z": reparameterize(mean, logvar, eps[0])}]
