@@ -209,13 +209,13 @@ def test_real_mnist_test_vs_train_far_below_noise(tmp_path, mnist_manual_dir, mo
   from vae_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   data_config = tiny_config(manual_dir=mnist_manual_dir).data
   splits = input_pipeline.load_splits(data_config)
-  # The classifier learns from the first 10,000 training images (under a fifth of the time
+  # The classifier learns from the first 3,000 training images (a twentieth of the time
   # of all 55,000); the next 10,000, unseen by it, stand in for "train" below.
   monkeypatch.setattr(input_pipeline, "load_splits", lambda unused_config: dict(
-      splits, train=input_pipeline.Split(splits["train"].images[:10_000],
-                                         splits["train"].labels[:10_000])))
+      splits, train=input_pipeline.Split(splits["train"].images[:3_000],
+                                         splits["train"].labels[:3_000])))
   _, params, accuracy = classifier.load_or_train(data_config, str(tmp_path), 10)
-  assert accuracy > 0.95
+  assert accuracy > 0.9  # Measured 0.939 from 3,000 images (0.990 from all 55,000).
   features_jit = jax.jit(classifier.features)
 
   def features_of(images_uint8):
@@ -223,14 +223,14 @@ def test_real_mnist_test_vs_train_far_below_noise(tmp_path, mnist_manual_dir, mo
                            for i in range(0, len(images_uint8), 1000)])
 
   test = features_of(splits["test"].images)
-  train = features_of(splits["train"].images[10_000:10_000 + len(test)])
+  train = features_of(splits["train"].images[3_000:3_000 + len(test)])
   noise = features_of(np.random.default_rng(7).integers(0, 256, (len(test), 28, 28, 1)))
   same, different = (sample_quality.frechet_distance(test, other) for other in (train, noise))
-  # Measured: 0.39 vs 361 (1.10 vs 742 with the classifier of all 55,000 training images).
+  # Measured: 0.36 vs 534 (1.10 vs 742 with the classifier of all 55,000 training images).
   assert same < 0.01 * different, (same, different)
   precision, recall = sample_quality.precision_recall(test, train)
   noise_precision, noise_recall = sample_quality.precision_recall(test, noise)
-  # Measured: train 0.880, 0.894; noise 0.025, 0 (0.105, 0 with the full classifier: a few
+  # Measured: train 0.896, 0.912; noise 0.004, 0 (0.105, 0 with the full classifier: a few
   # real outliers with wide k-NN balls reach the noise, k-NN precision's known weakness).
   assert precision > 0.8 and recall > 0.8, (precision, recall)
   assert noise_precision < 0.3 and noise_recall < 0.01, (noise_precision, noise_recall)

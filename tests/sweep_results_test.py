@@ -182,4 +182,5 @@ def test_aggregate_writes_the_paired_table_into_results_md_and_the_report(tmp_pa
   # results.csv keeps its columns.
   assert (tmp_path / "sweep" / "results.csv").read_text().splitlines()[0] == (
       "point,loss.kl_weight,seed,test_elbo_nats,test_nll_nats,test_reconstruction_nats,"
-      "test_kl_nats,wall_seconds,models_per_program")
+      "test_kl_nats,test_active_units,test_mutual_information_nats,wall_seconds,"
+      "models_per_program")

@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, tiny_config
+from vae_jax import input_pipeline
 from vae_jax import sweep
 
 # A sweep file as a user would write one: tiny model, a handful of steps, a small NLL.
@@ -96,6 +97,10 @@ def test_two_shards_split_the_runs_then_a_rerun_skips_them(tmp_path, mnist_manua
   again in one: it finds the 4 runs finished, trains nothing and aggregates them."""
   sweep_file, workdir = _write_sweep(tmp_path, tfds_data_dir), tmp_path / "sweep"
   env = dict(os.environ, VAE_JAX_MANUAL_DIR=mnist_manual_dir)
+  # Two processes preparing one fresh TFDS folder at once collide (on a shared filesystem,
+  # prepare it once first); it is fresh when this test runs alone.
+  input_pipeline.load_splits(tiny_config(manual_dir=mnist_manual_dir,
+                                         tfds_data_dir=tfds_data_dir).data)
   processes = [subprocess.Popen(
       [sys.executable, "-m", "vae_jax.sweep", f"--sweep={sweep_file}",
        f"--workdir={workdir}", "--num_shards=2", f"--shard_index={index}"],

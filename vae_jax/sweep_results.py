@@ -33,6 +33,8 @@ METRICS = (
     ("test_nll_nats", "test NLL (nats)", "test_nll_nats"),
     ("test_reconstruction_nats", "test reconstruction (nats)", "test_reconstruction"),
     ("test_kl_nats", "test KL (nats)", "test_kl"),
+    ("test_active_units", "active units", "test_active_units"),
+    ("test_mutual_information_nats", "I(x; z) (nats)", "test_mutual_information"),
 )
 PLOTTED = ("test_elbo_nats", "test_nll_nats", "test_kl_nats")
 # The paired differences' intervals: fixed so that a report is the same every time it is

@@ -203,7 +203,7 @@ class Member:
   writer: metric_writers.MetricWriter
   history: list  # Per-epoch summaries, as epoch_metrics.jsonl holds them.
   epoch_metrics: list  # The current epoch's per-step metrics (host floats).
-  final: dict = dataclasses.field(default_factory=dict)  # The test NLL, when evaluated.
+  final: dict = dataclasses.field(default_factory=dict)  # The final test evaluation's.
 
 
 class Group:
@@ -451,7 +451,7 @@ class Group:
   def evaluate_final(self) -> None:
     """The test split's -ELBO, latent diagnostics and (when
     config.eval.num_importance_samples > 0) NLL: logged, written to eval.json and
-    TensorBoard, the NLL added to the run's summary."""
+    TensorBoard, the NLL and diagnostics added to the run's summary."""
     num_samples = self.config.eval.num_importance_samples
     if "test" not in self.data.eval:
       return
@@ -462,10 +462,14 @@ class Group:
             self.mesh, member.keys["eval"], num_importance_samples=num_samples)
         result.update(split="test", step=self.step, checkpoint="latest", weights="raw")
         logging.info("%s", evaluate.format_result(result))
+        # The whole test split's diagnostics replace the epoch's on a subset.
+        member.final = {"test_active_units": result["active_units"],
+                        "test_mutual_information": result["mutual_information_nats"],
+                        "test_marginal_kl": result["marginal_kl_nats"]}
         if num_samples:
           member.writer.write_scalars(self.step, {"test/nll": result["nll_nats"]})
-          member.final = {"test_nll_nats": result["nll_nats"],
-                          "test_nll_stderr": result["nll_stderr"]}
+          member.final.update(test_nll_nats=result["nll_nats"],
+                              test_nll_stderr=result["nll_stderr"])
         workdir_lib.write_json(member.workdir, workdir_lib.EVAL_FILE, result)
         if workdir_lib.is_writer():
           workdir_lib.write_figures(member.workdir, member.writer, self.step,
