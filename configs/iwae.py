@@ -11,11 +11,18 @@ Choose the variant by arg, comma-separated:
   objective=vae|iwae   the ELBO averaged over k samples, or the IWAE bound with k samples
   k=N                  samples per example in training (default 1)
   layers=1|2           stochastic layers
-  short                the schedule's first 3 stages only (1 + 3 + 9 = 13 epochs), a CPU
-                       budget of about half an hour for IWAE k = 50
+  stages=N             the schedule's first N stages (1..8; 8, the paper's, by default),
+                       with the test NLL (k = 1000) at the end of each stage before the
+                       last; stages=6 is 1 + 3 + 9 + 27 + 81 + 243 = 364 epochs
+  short                the first 3 stages (13 epochs) without the stage-end NLLs, a CPU
+                       budget of about a quarter of an hour for IWAE k = 50
+
+The stage count is the one source of the run's length (train.num_epochs = 0), so
+--config.train.schedule_stages=N also trains N stages.
 
     python -m vae_jax.main --config=configs/iwae.py:objective=iwae,k=50 --workdir=runs/iwae_k50
     python -m vae_jax.main --config=configs/iwae.py:objective=vae,k=1,short --workdir=runs/vae_short
+    python -m vae_jax.main --config=configs/iwae.py:objective=vae,k=1,stages=6 --workdir=runs/s6
     python -m vae_jax.main --config=configs/iwae.py:layers=2,objective=iwae,k=50 --workdir=runs/iwae2
 """
 
@@ -25,7 +32,7 @@ _FULL_STAGES, _SHORT_STAGES = 8, 3
 
 
 def _parse(arg):
-  options = {"objective": "vae", "k": "1", "layers": "1", "short": False}
+  options = {"objective": "vae", "k": "1", "layers": "1", "stages": None, "short": False}
   for item in filter(None, (arg or "").split(",")):
     key, _, value = item.partition("=")
     if key not in options:
@@ -37,6 +44,12 @@ def _parse(arg):
                      "'vae', 'iwae'.")
   if options["layers"] not in ("1", "2"):
     raise ValueError(f"configs/iwae.py: layers={options['layers']!r} is not one of 1, 2.")
+  if options["stages"] is not None:
+    if options["short"]:
+      raise ValueError("configs/iwae.py: short is stages=3; give one of them.")
+    if options["stages"] not in tuple(str(n) for n in range(1, _FULL_STAGES + 1)):
+      raise ValueError(f"configs/iwae.py: stages={options['stages']!r} is not one of "
+                       f"1..{_FULL_STAGES}.")
   return options
 
 
@@ -64,9 +77,15 @@ def get_config(arg=None):
   config.train.batch_size = 20
   config.train.learning_rate = 1e-3
   config.train.learning_rate_schedule = "iwae"
-  stages = _SHORT_STAGES if options["short"] else _FULL_STAGES
+  if options["short"]:
+    stages = _SHORT_STAGES
+  else:
+    stages = int(options["stages"] or _FULL_STAGES)
+    # The test NLL at each stage end but the last (the end of training gives k = 5000).
+    config.eval.nll_at_epochs = tuple(config_schema.schedule_epochs(stage)
+                                      for stage in range(1, stages))
   config.train.schedule_stages = stages
-  config.train.num_epochs = sum(3 ** i for i in range(stages))
+  config.train.num_epochs = 0  # The schedule's length: schedule_stages is the one source.
   config.train.adam_eps = 1e-4
   config.train.log_every_steps = 1000
 

@@ -39,6 +39,8 @@ ALLOWED_VALUES = {
 # and saves, and what is evaluated and drawn. The others shape the trained model.
 RESUME_FREE_KEYS = ("resume_mismatch", "data.manual_dir", "data.tfds_data_dir",
                     "train.num_epochs", "train.num_steps",  # Longer runs continue exactly.
+                    # More stages of the 'iwae' schedule: the earlier stages are the same.
+                    "train.schedule_stages",
                     "train.log_every_steps", "train.progress_every_seconds",
                     "train.steps_per_dispatch",
                     "checkpoint_every_steps", "checkpoints_to_keep", "eval.", "figures.")
@@ -128,6 +130,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.adam_b1 = 0.9
   config.train.adam_b2 = 0.999
   config.train.adam_eps = 1e-8  # optax's default; Burda et al. used 1e-4.
+  # 0 with the 'iwae' schedule: as long as its schedule_stages (schedule_epochs).
   config.train.num_epochs = 20
   config.train.num_steps = 0  # When > 0, overrides num_epochs.
   # Metrics are fetched from the device (and checked for NaN) this often.
@@ -158,6 +161,10 @@ def default_config() -> ml_collections.ConfigDict:
   # jax.random.key(binarization_seed), not from the run's seed, so runs with different
   # seeds or configs are scored on the same binarized images (as Burda et al.'s code).
   config.eval.binarization_seed = 0
+  # The test NLL also at the end of these epochs (e.g. the schedule's stage ends), with
+  # nll_samples_during_training samples; the end of training uses num_importance_samples.
+  config.eval.nll_at_epochs = ()
+  config.eval.nll_samples_during_training = 1000
   # Latent diagnostics (active units, mutual information) at every epoch end on the first
   # this many examples of the validation split (else test); in full in eval.json. 0: off.
   config.eval.diagnostics_examples = 1000
@@ -186,6 +193,18 @@ def default_config() -> ml_collections.ConfigDict:
   # error that lists the differing keys; 'allow': resume it with the new values.
   config.resume_mismatch = "refuse"
   return config
+
+
+def schedule_epochs(stages: int) -> int:
+  """The 'iwae' schedule's length: stage i lasts 3^i epochs, 1 + 3 + 9 + ... ."""
+  return sum(3 ** stage for stage in range(stages))
+
+
+def num_epochs(config) -> int:
+  """The epochs to train: train.num_epochs, or with 0 the 'iwae' schedule's length."""
+  if config.train.num_epochs == 0 and config.train.learning_rate_schedule == "iwae":
+    return schedule_epochs(config.train.schedule_stages)
+  return config.train.num_epochs
 
 
 def flat_items(config: ml_collections.ConfigDict) -> dict:
@@ -309,15 +328,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.{key}={value!r} must be a positive integer.")
   for key in ("train.num_epochs", "train.num_steps", "data.validation_size",
               "eval.num_importance_samples", "eval.binarization_seed",
-              "eval.diagnostics_examples", "checkpoint_every_steps",
+              "eval.diagnostics_examples", "eval.nll_samples_during_training",
+              "checkpoint_every_steps",
               "figures.num_reconstructions", "figures.num_prior_samples",
               "figures.every_epochs", "figures.num_scatter_points",
               "figures.num_interpolations", "figures.num_denoising_examples"):
     value = _get(config, key)
     require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
             f"config.{key}={value!r} must be a non-negative integer.")
-  require(config.train.num_epochs > 0 or config.train.num_steps > 0,
-          "config.train.num_epochs and config.train.num_steps are both 0: nothing to train.")
+  require(config.train.num_epochs > 0 or config.train.num_steps > 0
+          or config.train.learning_rate_schedule == "iwae",
+          "config.train.num_epochs and config.train.num_steps are both 0: nothing to train "
+          "(0 epochs means the schedule's length only with "
+          "config.train.learning_rate_schedule='iwae').")
+  nll_epochs = config.eval.nll_at_epochs
+  require(isinstance(nll_epochs, (tuple, list))
+          and all(isinstance(e, int) and not isinstance(e, bool) and e > 0 for e in nll_epochs),
+          f"config.eval.nll_at_epochs={nll_epochs!r} must be a tuple of positive epoch "
+          "numbers, e.g. '(1, 4, 13)'.")
+  require(not nll_epochs or config.eval.nll_samples_during_training > 0,
+          f"config.eval.nll_at_epochs={tuple(nll_epochs)!r} needs "
+          "config.eval.nll_samples_during_training > 0.")
   require(config.train.progress_every_seconds >= 0,
           f"config.train.progress_every_seconds={config.train.progress_every_seconds!r} "
           "must be >= 0 (0: no progress lines).")

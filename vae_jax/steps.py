@@ -62,11 +62,8 @@ def learning_rate_schedule(config, steps_per_epoch: int, base=None):
   base = config.train.learning_rate if base is None else base
   if config.train.learning_rate_schedule == "constant":
     return base
-  stages = config.train.schedule_stages
-  boundaries, epochs = {}, 0
-  for stage in range(1, stages):
-    epochs += 3 ** (stage - 1)
-    boundaries[epochs * steps_per_epoch] = 10.0 ** (-1.0 / 7.0)  # Multiplies the rate.
+  boundaries = {config_schema.schedule_epochs(stage) * steps_per_epoch: 10.0 ** (-1.0 / 7.0)
+                for stage in range(1, config.train.schedule_stages)}  # Multiplies the rate.
   return optax.piecewise_constant_schedule(base, boundaries)
 
 

@@ -190,7 +190,8 @@ def load_device_data(config, mesh: jax.sharding.Mesh) -> DeviceData:
       eval={name: input_pipeline.to_device(splits[name], replicated)
             for name in ("validation", "test") if splits[name].num_examples},
       steps_per_epoch=steps_per_epoch,
-      num_steps=config.train.num_steps or config.train.num_epochs * steps_per_epoch)
+      num_steps=(config.train.num_steps
+                 or config_schema.num_epochs(config) * steps_per_epoch))
 
 
 @dataclasses.dataclass
@@ -255,6 +256,9 @@ class Group:
     self._indices = (None, None)  # (epoch, its batch indices)
     self.evaluate_elbo = evaluate.make_elbo_evaluator(self.model, self.config, self.mesh)
     self.evaluate_latents = evaluate.make_latent_evaluator(self.model, self.config, self.mesh)
+    self.evaluate_nll = evaluate.make_nll_evaluator(
+        self.model, self.config, self.mesh,
+        num_importance_samples=self.config.eval.nll_samples_during_training)
     self.pending = []  # Dispatched steps' metrics, on the device.
     self.interval_start = (time.time(), self.step)
 
@@ -377,6 +381,7 @@ class Group:
                                                 losses.loss_weights(member.config)).items():
             summary[f"{split}_{name}"] = value
         summary.update(self.latent_summary(index, member))
+        summary.update(self.nll_summary(index, member))
         summary["epoch"] = epoch
         member.writer.write_scalars(self.step, workdir_lib.tensorboard_scalars(
             {**summary, "train_learning_rate": learning_rate}))
@@ -409,6 +414,23 @@ class Group:
       summary.update({f"{split}_active_units_z{layer['layer']}": layer["active_units"]
                       for layer in result["latent_layers"]})
     return summary
+
+  def nll_summary(self, index: int, member: Member) -> dict[str, float]:
+    """The test NLL at the end of an epoch in config.eval.nll_at_epochs (e.g. the
+    schedule's stage ends), from eval.nll_samples_during_training samples; not at the
+    end of training when the final evaluation computes it anyway."""
+    epochs, partial = divmod(self.step, self.cadence.steps_per_epoch)
+    final_nll = (self.step == self.cadence.num_steps
+                 and self.config.eval.num_importance_samples > 0)
+    if (partial or epochs not in self.config.eval.nll_at_epochs or final_nll
+        or "test" not in self.data.eval):
+      return {}
+    result = self.evaluate_nll(self.params(index), self.data.eval["test"], member.keys["eval"])
+    logging.info("%sepoch %d: test NLL %.2f ± %.2f nats (k = %d)",
+                 f"{member.workdir}: " if self.vectorized else "", epochs, result["nll_nats"],
+                 result["nll_stderr"], self.config.eval.nll_samples_during_training)
+    return {"test_nll": result["nll_nats"], "test_nll_stderr": result["nll_stderr"],
+            "test_nll_num_samples": self.config.eval.nll_samples_during_training}
 
   def save(self) -> None:
     """A checkpoint of every member at this step, its metrics and parameters checked."""
@@ -461,6 +483,12 @@ class Group:
             self.model, self.params(index), member.config, self.data.eval["test"],
             self.mesh, member.keys["eval"], num_importance_samples=num_samples)
         result.update(split="test", step=self.step, checkpoint="latest", weights="raw")
+        during = [{"epoch": entry["epoch"], "step": entry["step"], "nll_nats": entry["test_nll"],
+                   "nll_stderr": entry["test_nll_stderr"],
+                   "num_importance_samples": entry["test_nll_num_samples"]}
+                  for entry in member.history if "test_nll" in entry]
+        if during:  # The NLLs of config.eval.nll_at_epochs, for curves.
+          result["nll_during_training"] = during
         logging.info("%s", evaluate.format_result(result))
         # The whole test split's diagnostics replace the epoch's on a subset.
         member.final = {"test_active_units": result["active_units"],
