@@ -201,3 +201,12 @@ def test_kl_per_dimension_sorts_and_marks_the_active_units(tmp_path):
   assert [text.get_text() for text in second.get_legend().get_texts()] == [
       "active (0)", "inactive (2)"]
   _check_png(fig, tmp_path)
+
+
+def test_nll_by_epoch_on_a_log_axis_with_the_reference(tmp_path):
+  fig = figures.nll_by_epoch([1, 4, 13], [128.3, 105.9, 96.9], [0.4, 0.3, 0.3],
+                             [1, 4, 13], [134.9, 112.3, 102.8], reference=86.76)
+  axis = fig.axes[0]
+  assert axis.get_xscale() == "log"
+  assert any(list(line.get_ydata()) == [86.76, 86.76] for line in axis.get_lines())
+  _check_png(fig, tmp_path)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from experiments import stages
 from tests.conftest import shipped_config, synthetic_splits, tiny_config
 from vae_jax import config_schema
 from vae_jax import input_pipeline
@@ -70,3 +71,10 @@ def test_stage_end_nlls_are_logged_at_the_right_epochs(tmp_path, monkeypatch):
   assert evaluation["num_importance_samples"] == 10 and evaluation["step"] == 52
   events = next(tmp_path.glob("events.out.tfevents.*")).read_bytes()
   assert b"test/nll" in events
+  # experiments/stages.py's table: the stage ends, the last with the final NLL (k = 10).
+  rows = stages.stage_rows(str(tmp_path))
+  assert [(row["epoch"], row["step"], row["k"]) for row in rows] == [(1, 4, 5), (4, 16, 5),
+                                                                     (13, 52, 10)]
+  assert rows[-1]["nll"] == evaluation["nll_nats"]
+  np.testing.assert_allclose([row["learning_rate"] for row in rows],
+                             [1e-3, 1e-3 * 10 ** (-1 / 7), 1e-3 * 10 ** (-2 / 7)])

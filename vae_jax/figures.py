@@ -265,6 +265,25 @@ def nll_vs_k(ks, nll, stderr, title: str = "") -> plt.Figure:
   return fig
 
 
+def nll_by_epoch(nll_epochs, nll, stderr, elbo_epochs, neg_elbo, reference=None,
+                 title: str = "") -> plt.Figure:
+  """The test NLL (with its standard error) and −ELBO against epochs (log axis), and a
+  reference NLL (e.g. a paper's final one) as a horizontal line."""
+  fig, axis = plt.subplots(figsize=(6, 4))
+  axis.errorbar(nll_epochs, nll, yerr=stderr, marker="o", capsize=3, label="test NLL")
+  axis.plot(elbo_epochs, neg_elbo, marker="s", linestyle="--", label="test −ELBO")
+  if reference is not None:
+    axis.axhline(reference, color="gray", linestyle=":", label=f"paper's final NLL {reference}")
+  axis.set_xscale("log")
+  axis.set_xlabel("epoch")
+  axis.set_ylabel("nats")
+  axis.grid(alpha=0.3, which="both")
+  axis.legend()
+  axis.set_title(title or "test NLL and −ELBO by epoch")
+  fig.tight_layout()
+  return fig
+
+
 def kl_per_dimension(kl_per_dim_by_layer, activity_by_layer, threshold: float,
                      title: str = "") -> plt.Figure:
   """Each layer's mean KL per latent dimension, dimensions sorted by KL (largest first),
