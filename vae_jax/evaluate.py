@@ -475,8 +475,9 @@ def main(argv):
   if wants_fidelity or wants_quality:
     classifier_workdir = flags.FLAGS.classifier_workdir or os.path.join(
         os.path.dirname(os.path.abspath(workdir)), f"classifier_{run.config.data.name}")
+    # The dataset's classes, whether or not the model is conditional on them.
     classify, classifier_params, accuracy = classifier.load_or_train(
-        run.config.data, classifier_workdir, run.model.num_classes)
+        run.config.data, classifier_workdir, run.config.model.num_classes)
     result.update(classifier_test_accuracy=accuracy)
   if wants_quality:
     result["sample_quality"] = sample_quality.evaluate_sample_quality(
