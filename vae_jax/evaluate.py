@@ -77,6 +77,16 @@ def make_elbo_evaluator(model: nn.Module, config, mesh: jax.sharding.Mesh):
   return evaluate
 
 
+def per_example_outputs(batch_fn, num_examples: int, batch_size: int,
+                        mesh: jax.sharding.Mesh):
+  """batch_fn(indices) -> a tree of per-example arrays, over the first `num_examples` in
+  padded batches (parallel.padded_batches), brought to the host without the padding and
+  concatenated."""
+  batches = [jax.tree.map(lambda value, n=count: np.asarray(value)[:n], batch_fn(indices))
+             for indices, _, count in parallel.padded_batches(num_examples, batch_size, mesh)]
+  return jax.tree.map(lambda *parts: np.concatenate(parts), *batches)
+
+
 def prefix_sizes(num_samples: int) -> tuple[int, ...]:
   """The k of the prefix estimates: 1, 10, 100, ... below num_samples, num_samples // 10
   (the last decade, for the convergence warning) and num_samples."""
@@ -223,14 +233,9 @@ def make_nll_evaluator(model: nn.Module, config, mesh: jax.sharding.Mesh, *,
         eval_binarization_keys(config, indices))
 
   def evaluate(params, dataset, rng) -> dict:
-    num_examples = dataset["image"].shape[0]
-    batches = []
-    for indices, _, count in parallel.padded_batches(num_examples, config.eval.nll_batch_size,
-                                                     mesh):
-      batches.append(jax.tree.map(lambda v, n=count: np.asarray(v)[:n],
-                                  batch_nll(params, dataset, indices, rng)))
-    terms = {name: np.concatenate([b[name] for b in batches]).astype(np.float64)
-             for name in batches[0]}
+    terms = jax.tree.map(lambda v: v.astype(np.float64), per_example_outputs(
+        lambda indices: batch_nll(params, dataset, indices, rng),
+        dataset["image"].shape[0], config.eval.nll_batch_size, mesh))
     per_example = -terms["log_likelihood"]
     return {"nll_nats": float(per_example.mean()),
             "nll_stderr": _stderr(per_example),
@@ -331,12 +336,9 @@ def make_latent_evaluator(model: nn.Module, config, mesh: jax.sharding.Mesh, *,
         parallel.example_keys(rng, indices), eval_binarization_keys(config, indices))
 
   def evaluate(params, dataset, rng, num_examples: int | None = None) -> dict:
-    num_examples = num_examples or dataset["image"].shape[0]
-    batches = [jax.tree.map(lambda v, n=count: np.asarray(v)[:n],
-                            batch_layers(params, dataset, indices, rng))
-               for indices, _, count in parallel.padded_batches(
-                   num_examples, config.eval.batch_size, mesh)]
-    return latent_diagnostics(jax.tree.map(lambda *parts: np.concatenate(parts), *batches))
+    return latent_diagnostics(per_example_outputs(
+        lambda indices: batch_layers(params, dataset, indices, rng),
+        num_examples or dataset["image"].shape[0], config.eval.batch_size, mesh))
 
   return evaluate
 
