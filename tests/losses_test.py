@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import jit_apply
 from vae_jax import config_schema
 from vae_jax import losses
 from vae_jax import models
@@ -58,19 +59,24 @@ def _tiny_model_and_image():
   config_model.latent_dim = 3
   model = models.get_model(config_model)
   image = jax.random.uniform(jax.random.key(1), (28, 28, 1))
-  return model, model.init(jax.random.key(0), image, jnp.zeros(3)), image
+  return model, jax.jit(model.init)(jax.random.key(0), image, jnp.zeros(3)), image
+
+
+def _elbo_terms(model, variables, image, rng, **options):
+  """losses.elbo_terms with these options, jitted (eagerly, every op compiles on its own)."""
+  return jax.jit(lambda v, x, key: losses.elbo_terms(model, v, x, None, key, **options))(
+      variables, image, rng)
 
 
 def test_elbo_terms_equal_their_closed_form_parts():
   """neg_elbo = -log p(x|z) + KL for the z the reparameterization gives from the key."""
   model, variables, image = _tiny_model_and_image()
   rng = jax.random.key(2)
-  terms = losses.elbo_terms(model, variables, image, None, rng, likelihood="bernoulli",
-                            kl_weight=0.5)
-  mean, logvar = model.apply(variables, image, method=model.encode)
+  terms = _elbo_terms(model, variables, image, rng, likelihood="bernoulli", kl_weight=0.5)
+  apply = jit_apply(model)
+  mean, logvar = apply(variables, image, method="encode")
   eps = jax.random.normal(rng, (1, 3))
-  logits = model.apply(variables, mean + jnp.exp(0.5 * logvar) * eps,
-                       method=model.decode)["logits"]
+  logits = apply(variables, mean + jnp.exp(0.5 * logvar) * eps, method="decode")["logits"]
   reconstruction = -losses.bernoulli_log_likelihood(image, logits)[0]
   kl = losses.gaussian_kl(mean, logvar)
   np.testing.assert_allclose(terms["reconstruction"], reconstruction, rtol=1e-6)
@@ -85,12 +91,12 @@ def test_free_bits_loss_clamps_each_dimension_of_the_analytic_kl(free_bits):
   the reported KL and -ELBO stay the true ones."""
   model, variables, image = _tiny_model_and_image()
   rng = jax.random.key(2)
-  terms = losses.elbo_terms(model, variables, image, None, rng, likelihood="bernoulli",
-                            kl_weight=2.0, free_bits=free_bits)
+  terms = _elbo_terms(model, variables, image, rng, likelihood="bernoulli", kl_weight=2.0,
+                      free_bits=free_bits)
   mean, logvar = (np.asarray(v, np.float64)
-                  for v in model.apply(variables, image, method=model.encode))
+                  for v in jit_apply(model)(variables, image, method="encode"))
   kl_per_dim = 0.5 * (np.exp(logvar) + mean ** 2 - 1.0 - logvar)
-  plain = losses.elbo_terms(model, variables, image, None, rng, likelihood="bernoulli")
+  plain = _elbo_terms(model, variables, image, rng, likelihood="bernoulli")
   np.testing.assert_allclose(terms["kl"], kl_per_dim.sum(), rtol=1e-5)
   np.testing.assert_allclose(terms["neg_elbo"], plain["neg_elbo"], rtol=1e-6)
   expected = float(plain["reconstruction"]) + 2.0 * np.maximum(kl_per_dim, free_bits).sum()
@@ -118,13 +124,13 @@ def test_kl_warmup_factor_is_linear_then_one():
 def test_elbo_terms_average_over_samples(num_samples):
   model, variables, image = _tiny_model_and_image()
   rng = jax.random.key(5)
-  terms = losses.elbo_terms(model, variables, image, None, rng, likelihood="bernoulli",
-                            num_samples=num_samples)
-  mean, logvar = model.apply(variables, image, method=model.encode)
+  terms = _elbo_terms(model, variables, image, rng, likelihood="bernoulli",
+                      num_samples=num_samples)
+  apply = jit_apply(model)
+  mean, logvar = apply(variables, image, method="encode")
   eps = jax.random.normal(rng, (num_samples, 3))
   per_sample = [-losses.bernoulli_log_likelihood(
-      image, model.apply(variables, mean + jnp.exp(0.5 * logvar) * e,
-                         method=model.decode)["logits"])
+      image, apply(variables, mean + jnp.exp(0.5 * logvar) * e, method="decode")["logits"])
                 for e in eps]
   np.testing.assert_allclose(terms["reconstruction"], np.mean(per_sample), rtol=1e-5)
 

@@ -82,9 +82,10 @@ def test_chunked_estimate_equals_the_unchunked_one():
   model = models.get_model(config.model)
   params = steps.create_train_state(model, config, jax.random.key(0)).params
   image = jax.random.uniform(jax.random.key(1), (28, 28, 1))
-  values = [float(evaluate.importance_sampled_log_likelihood(
-      model, params, image, None, jax.random.key(2), likelihood="bernoulli",
-      num_samples=300, chunk_size=chunk)) for chunk in (300, 64, 7, 1)]
+  values = [float(jax.jit(functools.partial(
+      evaluate.importance_sampled_log_likelihood, model, likelihood="bernoulli",
+      num_samples=300, chunk_size=chunk))(params, image, None, jax.random.key(2)))
+            for chunk in (300, 64, 7, 1)]
   np.testing.assert_allclose(values, values[0], rtol=1e-6)
 
 
@@ -177,12 +178,15 @@ def test_prefixes_equal_the_estimator_run_with_that_k_and_ess_matches_numpy():
                                _estimates(model, poorer, xs, k, min(k, 64)), rtol=1e-6,
                                err_msg=f"k = {k}")
   # ESS and the largest weight from the log weights of the same samples, in float64 numpy.
-  for i, x in enumerate(xs):
+  @jax.jit
+  def log_weights(x, i):
     keys = parallel.example_keys(jax.random.key(i), jnp.arange(num_samples))
     eps = jax.vmap(lambda key: jax.random.normal(key, (model.noise_dim,)))(keys)
-    log_w = np.asarray(losses.log_importance_weights(
-        model, {"params": poorer}, jnp.asarray(x, jnp.float32).reshape(_DATA_DIM, 1, 1), None,
-        eps, likelihood="gaussian"), np.float64)
+    return losses.log_importance_weights(model, {"params": poorer}, x.reshape(_DATA_DIM, 1, 1),
+                                         None, eps, likelihood="gaussian")
+
+  for i, x in enumerate(xs):
+    log_w = np.asarray(log_weights(jnp.asarray(x, jnp.float32), i), np.float64)
     w = np.exp(log_w - log_w.max())
     w /= w.sum()
     np.testing.assert_allclose(terms["ess"][i], 1 / np.sum(w ** 2), rtol=1e-4)

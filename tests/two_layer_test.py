@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import shipped_config, tiny_config
+from tests.conftest import jit_apply, shipped_config, tiny_config
 from tests.linear_models import LinearDecoder, LinearGaussian, gaussian_log_density
 from vae_jax import config_schema
 from vae_jax import evaluate
@@ -87,9 +87,9 @@ def test_sampled_elbo_of_the_exact_posteriors_is_the_log_likelihood():
   """The ELBO path (reconstruction + a KL estimated from samples) sees the same weights."""
   model, params, x_mean, x_cov = _linear_gaussian_hierarchy()
   x = _data(x_mean, x_cov, 1)[0]
-  terms = losses.elbo_terms(model, {"params": params},
-                            jnp.asarray(x, jnp.float32).reshape(_DATA_DIM, 1, 1), None,
-                            jax.random.key(3), likelihood="gaussian", num_samples=20)
+  terms = jax.jit(lambda params, x: losses.elbo_terms(
+      model, {"params": params}, x.reshape(_DATA_DIM, 1, 1), None, jax.random.key(3),
+      likelihood="gaussian", num_samples=20))(params, jnp.asarray(x, jnp.float32))
   np.testing.assert_allclose(float(terms["neg_elbo"]), -gaussian_log_density(x, x_mean, x_cov),
                              rtol=0, atol=2e-4)
   assert float(terms["kl"]) > 0.1  # A real, sampled KL term, not zero by construction.
@@ -136,19 +136,19 @@ def test_two_layer_shapes_decoding_and_label_dependence(conditional):
   config.model.top_layer.latent_dim = 2
   model = models.get_model(config.model)
   params = steps.create_train_state(model, config, jax.random.key(0)).params
+  apply = jit_apply(model)
   images = jax.random.uniform(jax.random.key(1), (5, 28, 28, 1))
   labels = jnp.arange(5, dtype=jnp.int32)
-  mean, logvar = model.apply({"params": params}, images, labels, method=model.encode)
+  mean, logvar = apply({"params": params}, images, labels, method="encode")
   assert mean.shape == logvar.shape == (5, 2)
-  logits = model.apply({"params": params}, mean, labels, method=model.decode)["logits"]
+  logits = apply({"params": params}, mean, labels, method="decode")["logits"]
   assert logits.shape == (5, 28, 28, 1)
   eps = jax.random.normal(jax.random.key(2), (7, model.noise_dim))
-  outputs = model.apply({"params": params}, images[0], eps, labels[0])
+  outputs = apply({"params": params}, images[0], eps, labels[0])
   assert outputs["decoded"]["logits"].shape == (7, 28, 28, 1)
   assert outputs["log_prior"].shape == outputs["log_posterior"].shape == (7,)
   if conditional:  # The same z2 under another label decodes differently.
-    other = model.apply({"params": params}, mean, (labels + 1) % 10,
-                        method=model.decode)["logits"]
+    other = apply({"params": params}, mean, (labels + 1) % 10, method="decode")["logits"]
     assert float(jnp.max(jnp.abs(other - logits))) > 1e-4
 
 
