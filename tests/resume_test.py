@@ -1,6 +1,7 @@
 """Runs that survive: SIGKILL and SIGTERM then resume bit for bit, a corrupt latest
 checkpoint, a changed config, non-finite updates, and the progress output."""
 
+import functools
 import io
 import json
 import os
@@ -80,9 +81,9 @@ def _final(workdir):
   return run.step, jax.device_get(run.params), history
 
 
-def _assert_same_run(workdir, reference):
+def _assert_same_run(workdir, uninterrupted):
   step, params, history = _final(workdir)
-  ref_step, ref_params, ref_history = reference
+  ref_step, ref_params, ref_history = uninterrupted()
   assert step == ref_step == _NUM_STEPS
   jax.tree.map(np.testing.assert_array_equal, params, ref_params)  # Bit for bit.
   assert history == ref_history  # Every logged epoch metric, as text.
@@ -90,11 +91,30 @@ def _assert_same_run(workdir, reference):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, mnist_manual_dir, tfds_data_dir):
+  """The run straight through, started in the background so that it overlaps the runs
+  the tests stop and resume (on the second core); call it for (step, params, history)."""
   workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
-  result = _run(workdir, mnist_manual_dir, tfds_data_dir)
-  assert re.search(r"progress: step \d+/3000 \(\d+\.\d%\), epoch [\d.]+/[\d.]+, [\d.]+ "
-                   r"steps/s, \d+ examples/s, .* left", result.stderr), result.stderr[-3000:]
-  return _final(workdir)
+  log_path = workdir.parent / "run.log"
+  # Prepared here first: two processes preparing one fresh TFDS folder at once collide.
+  input_pipeline.load_splits(tiny_config(manual_dir=mnist_manual_dir,
+                                         tfds_data_dir=tfds_data_dir).data)
+  with open(log_path, "w") as log:
+    process = subprocess.Popen(_command(workdir, tfds_data_dir), cwd=REPO_ROOT,
+                               env=_env(mnist_manual_dir), stdout=log, stderr=subprocess.STDOUT)
+
+  @functools.cache
+  def result():
+    returncode = process.wait(timeout=600)
+    log = log_path.read_text()
+    assert returncode == 0, log[-5000:]
+    assert re.search(r"progress: step \d+/3000 \(\d+\.\d%\), epoch [\d.]+/[\d.]+, [\d.]+ "
+                     r"steps/s, \d+ examples/s, .* left", log), log[-3000:]
+    return _final(workdir)
+
+  yield result
+  if process.poll() is None:  # A test failed before it needed the run.
+    process.kill()
+    process.wait()
 
 
 @pytest.fixture(scope="module")

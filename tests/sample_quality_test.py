@@ -205,9 +205,10 @@ def test_sample_labels_follow_the_test_class_frequencies():
 
 
 @pytest.mark.slow
-def test_real_mnist_test_vs_train_far_below_noise(tmp_path, mnist_manual_dir, monkeypatch):
+def test_real_mnist_test_vs_train_far_below_noise(tmp_path, mnist_manual_dir, tfds_data_dir,
+                                                   monkeypatch):
   from vae_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  data_config = tiny_config(manual_dir=mnist_manual_dir).data
+  data_config = tiny_config(manual_dir=mnist_manual_dir, tfds_data_dir=tfds_data_dir).data
   splits = input_pipeline.load_splits(data_config)
   # The classifier learns from the first 3,000 training images (a twentieth of the time
   # of all 55,000); the next 10,000, unseen by it, stand in for "train" below.
