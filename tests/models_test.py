@@ -60,6 +60,10 @@ def test_output_shapes_and_batched_equals_per_example(name, conditional, likelih
   assert one["log_prior"].shape == one["log_posterior"].shape == (5,)
   assert one["kl"].shape == ()
   assert one["decoded"]["logits" if likelihood == "bernoulli" else "mean"].shape[0] == 5
+  # A prior sample of one stochastic layer is z itself: decode_prior_sample is decode.
+  mean_key = "logits" if likelihood == "bernoulli" else "mean"
+  np.testing.assert_array_equal(
+      apply(variables, mean, labels, method="decode_prior_sample")[mean_key], decoded[mean_key])
   # The batch is independent examples: batched == vmapped per example, to 1e-5.
   per_example = jax.jit(jax.vmap(
       lambda x, y: model.apply(variables, x, y, method=model.encode)[0]))(images, labels)

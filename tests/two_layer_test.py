@@ -107,6 +107,23 @@ def test_poorer_posteriors_approach_the_log_likelihood_from_below_as_k_grows():
   assert gaps[1] > 0.1 and gaps[1000] < 0.02, gaps
 
 
+def test_prior_samples_are_ancestral_with_the_marginal_covariance_of_z1():
+  """decode_prior_sample draws z1 ~ p(z1|z2): the mean images W z1 + b of 20,000 prior
+  samples have mean W^T c + b and covariance W^T D W (D = z1's marginal covariance), in
+  closed form; `decode` (z1 = E[z1|z2]) would give W^T B^T B W, missing s1 I."""
+  model, params, _, _ = _linear_gaussian_hierarchy()
+  noise = jax.random.normal(jax.random.key(4), (20_000, model.noise_dim))
+  means = np.asarray(jax.jit(lambda p: model.apply(
+      {"params": p}, noise, method=model.decode_prior_sample)["mean"])(params),
+                     np.float64).reshape(len(noise), _DATA_DIM)
+  w, c = np.asarray(params["decoder"]["w"]), np.asarray(params["top_decoder"]["c"])
+  z1_cov = np.diag([_BETA ** 2 + _Z1_VARIANCE, _Z1_VARIANCE])
+  # Standard errors of 20,000 samples: about 0.015 for the means, 0.02 for the
+  # covariances (entries up to 2.3); 4 of them.
+  np.testing.assert_allclose(means.mean(axis=0), w.T @ c + params["decoder"]["b"], atol=0.06)
+  np.testing.assert_allclose(np.cov(means.T), w.T @ z1_cov @ w, atol=0.1)
+
+
 def test_the_papers_two_layer_model_has_its_layer_sizes():
   config = shipped_config("iwae", "layers=2,objective=iwae,k=5")
   config_schema.validate(config)

@@ -368,11 +368,12 @@ def format_latent_diagnostics(result: dict) -> str:
                                              "samples_per_class"))
 def label_fidelity(model: nn.Module, params, classify, classifier_params, rng: jax.Array, *,
                    likelihood: str, samples_per_class: int) -> jax.Array:
-  """Per class y, the fraction of mean images E[x|z, y], z ~ N(0, I), classified as y."""
+  """Per class y, the fraction of mean images E[x|z, y] of prior samples z
+  (visualize.decode_prior_samples) classified as y."""
   num_classes = model.num_classes
-  z = jax.random.normal(rng, (num_classes * samples_per_class, model.latent_dim))
+  noise = jax.random.normal(rng, (num_classes * samples_per_class, model.noise_dim))
   labels = jnp.repeat(jnp.arange(num_classes), samples_per_class)
-  images = visualize.decode_mean(model, params, z, labels, likelihood)
+  images = visualize.decode_prior_samples(model, params, noise, labels, likelihood)
   predicted = jnp.argmax(classify(classifier_params, images), axis=-1)
   return jnp.mean((predicted == labels).reshape(num_classes, samples_per_class), axis=1)
 

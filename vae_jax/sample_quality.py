@@ -1,8 +1,9 @@
 """How good the samples are: Fréchet distance, precision and recall in classifier features.
 
-Samples from the prior, mean images E[x|z(, y)] with z ~ N(0, I) as visualize.decode_mean
-makes them, and the test images are both mapped to the penultimate layer of the project's
-own classifier (vae_jax/classifier.py, `classifier.features`). In that space:
+Samples from the prior, mean images E[x|z(, y)] of prior samples z as
+visualize.decode_prior_samples makes them (z ~ N(0, I); for two stochastic layers the
+ancestral z2 ~ N(0, I), z1 ~ p(z1|z2)), and the test images are both mapped to the
+penultimate layer of the project's own classifier (vae_jax/classifier.py, `classifier.features`). In that space:
 
 - the Fréchet distance (FD) between Gaussians fitted to the two sets, as FID does with
   Inception features: |mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}); lower is better. It is
@@ -158,8 +159,8 @@ def _image_features(features_fn, features_params, images_uint8):
 
 @functools.partial(jax.jit, static_argnames=("model", "likelihood", "features_fn"))
 def _sample_features(model: nn.Module, params, likelihood: str, features_fn, features_params,
-                     z, labels):
-  images = visualize.decode_mean(model, params, z, labels, likelihood)
+                     noise, labels):
+  images = visualize.decode_prior_samples(model, params, noise, labels, likelihood)
   return features_fn(features_params, images)
 
 
@@ -202,19 +203,20 @@ def evaluate_sample_quality(model: nn.Module, params, likelihood: str, classifie
   real = _features_in_batches(
       functools.partial(_image_features, classifier_features_fn, classifier_params),
       (test_images_uint8,), batch_size)
-  z = np.asarray(jax.random.normal(rng, (num_samples, model.latent_dim)))
+  noise = np.asarray(jax.random.normal(rng, (num_samples, model.noise_dim)))
   if model.conditional:
     test_labels = np.asarray(test_labels, np.int32)
     labels = sample_labels(test_labels, num_samples)
     generated = _features_in_batches(
         functools.partial(_sample_features, model, params, likelihood,
-                          classifier_features_fn, classifier_params), (z, labels), batch_size)
+                          classifier_features_fn, classifier_params), (noise, labels),
+        batch_size)
   else:
     labels = None
     generated = _features_in_batches(
-        lambda z_batch: _sample_features(model, params, likelihood, classifier_features_fn,
-                                         classifier_params, z_batch, None),
-        (z,), batch_size)
+        lambda noise_batch: _sample_features(model, params, likelihood, classifier_features_fn,
+                                             classifier_params, noise_batch, None),
+        (noise,), batch_size)
   result = dict(_scores(real, generated, k), k=k)
   if model.conditional:
     per_class = []

@@ -44,15 +44,23 @@ def decode_mean(model, params, z, labels, likelihood):
   return losses.mean_image(likelihood, decoded)
 
 
+def decode_prior_samples(model, params, noise, labels, likelihood):
+  """Mean images E[x|z(, y)] of prior samples drawn from noise (N, model.noise_dim) ~
+  N(0, I): z itself for one stochastic layer; z2 and then z1 ~ p(z1|z2) for two."""
+  decoded = model.apply({"params": params}, noise, labels, method=model.decode_prior_sample)
+  return losses.mean_image(likelihood, decoded)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "likelihood", "num_samples"))
 def sample_prior(model: nn.Module, params, rng: jax.Array, labels: jax.Array | None = None,
                  *, likelihood: str, num_samples: int) -> jax.Array:
-  """Mean images E[x|z(, y)] for z ~ N(0, I); pass a fixed key to compare runs or epochs.
+  """Mean images E[x|z(, y)] of prior samples (decode_prior_samples); pass a fixed key to
+  compare runs or epochs.
 
   A conditional model needs `labels` (num_samples,): the class of each sample.
   """
-  z = jax.random.normal(rng, (num_samples, model.latent_dim))
-  return decode_mean(model, params, z, labels, likelihood)
+  noise = jax.random.normal(rng, (num_samples, model.noise_dim))
+  return decode_prior_samples(model, params, noise, labels, likelihood)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "binarization"))

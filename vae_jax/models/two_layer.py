@@ -65,6 +65,17 @@ class TwoLayerVAE(nn.Module):
     z1_mean, _ = self.top_decoder(z2, condition, train=train)
     return self._decode_z1(z1_mean, condition, train)
 
+  def decode_prior_sample(self, noise: jax.Array, label=None,
+                          train: bool = False) -> dict[str, jax.Array]:
+    """p(x|z1)'s parameters for an ancestral sample z2 ~ p(z2), z1 ~ p(z1|z2) from noise
+    (..., noise_dim) ~ N(0, I): its z1 part draws z1, its z2 part is z2. Unlike `decode`,
+    z1 keeps p(z1|z2)'s spread, so samples vary even where z2 is ignored (collapsed)."""
+    condition = self._condition(label)
+    z1_dim = self.bottom_encoder.latent_dim
+    z1_mean, z1_logvar = self.top_decoder(noise[..., z1_dim:], condition, train=train)
+    z1 = reparameterize(z1_mean, z1_logvar, noise[..., :z1_dim])
+    return self._decode_z1(z1, condition, train)
+
   def __call__(self, image: jax.Array, eps: jax.Array, label=None, train: bool = False):
     """One example's joint samples (z1, z2) ~ q(z1|x) q(z2|z1); eps (k, noise_dim).
 

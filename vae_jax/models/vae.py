@@ -116,6 +116,11 @@ class VAE(nn.Module):
     z = join_condition(z, self._condition(label))
     return self.head(self.decoder(z, train=train))
 
+  def decode_prior_sample(self, noise: jax.Array, label=None,
+                          train: bool = False) -> dict[str, jax.Array]:
+    """`decode` of a prior sample: noise (..., noise_dim) ~ N(0, I) is z itself."""
+    return self.decode(noise, label, train=train)
+
   def __call__(self, image: jax.Array, eps: jax.Array, label=None, train: bool = False):
     """One example's samples z = mean + std * eps; eps (k, noise_dim) or (noise_dim,).
 
