@@ -2,6 +2,8 @@
 
 import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -74,6 +76,50 @@ def mnist_manual_dir() -> str:
 def tfds_data_dir(tmp_path_factory) -> str:
   """A fresh TFDS data dir per session, so the real preparation path is exercised."""
   return str(tmp_path_factory.mktemp("tensorflow_datasets"))
+
+
+# Prepared by a second process while the first slow tests run (about 35 s together, on the
+# core that the test process's compilations leave idle); MNIST is prepared by the tests.
+_PREPARED_IN_BACKGROUND = ("fashion_mnist", "binarized_mnist")
+_PREPARE_SCRIPT = """
+import sys
+from vae_jax import config_schema, input_pipeline
+for name in sys.argv[3:]:
+  data = config_schema.default_config().data
+  data.name, data.manual_dir, data.tfds_data_dir = name, sys.argv[1], sys.argv[2]
+  input_pipeline.load_splits(data)
+"""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prepare_in_background(request):
+  """Starts preparing _PREPARED_IN_BACKGROUND into tfds_data_dir when slow tests (the
+  ones that read them) are selected and the offline files exist; `prepared_datasets`
+  waits for it. One process per dataset folder: two preparing one at once collide."""
+  path = manual_dir()
+  if path is None or not any(item.get_closest_marker("slow") for item in request.session.items):
+    yield None
+    return
+  data_dir = request.getfixturevalue("tfds_data_dir")
+  log_path = os.path.join(data_dir, "background_preparation.log")
+  with open(log_path, "w") as log:
+    process = subprocess.Popen(
+        [sys.executable, "-c", _PREPARE_SCRIPT, path, data_dir, *_PREPARED_IN_BACKGROUND],
+        cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+  yield process, log_path
+  if process.poll() is None:
+    process.kill()
+    process.wait()
+
+
+@pytest.fixture(scope="session")
+def prepared_datasets(_prepare_in_background, mnist_manual_dir, tfds_data_dir) -> str:
+  """tfds_data_dir once _PREPARED_IN_BACKGROUND are prepared in it."""
+  process, log_path = _prepare_in_background
+  if process.wait(timeout=900) != 0:
+    with open(log_path) as log:
+      pytest.fail(f"Preparing {_PREPARED_IN_BACKGROUND} failed:\n{log.read()[-5000:]}")
+  return tfds_data_dir
 
 
 def tiny_config(**data_overrides):

@@ -19,11 +19,11 @@ _NUM_STEPS, _NUM_TEST = 15, 200
 
 
 @pytest.fixture(scope="module")
-def fashion(mnist_manual_dir, tfds_data_dir):
+def fashion(mnist_manual_dir, prepared_datasets):
   config = config_schema.default_config()
   config.data.name = "fashion_mnist"
   config.data.manual_dir = mnist_manual_dir
-  config.data.tfds_data_dir = tfds_data_dir
+  config.data.tfds_data_dir = prepared_datasets
   return input_pipeline.load_splits(config.data)
 
 

@@ -66,18 +66,18 @@ def test_mnist_splits_match_the_published_counts_and_means(mnist_manual_dir, tfd
 
 
 @pytest.mark.slow
-def test_fashion_mnist_loads(mnist_manual_dir, tfds_data_dir):
+def test_fashion_mnist_loads(mnist_manual_dir, prepared_datasets):
   splits = input_pipeline.load_splits(
-      _data_config("fashion_mnist", mnist_manual_dir, tfds_data_dir))
+      _data_config("fashion_mnist", mnist_manual_dir, prepared_datasets))
   np.testing.assert_array_equal(np.bincount(splits["test"].labels), [1000] * 10)
   all_train = np.concatenate([splits["train"].images, splits["validation"].images])
   np.testing.assert_allclose(all_train.mean(), 72.940, atol=5e-4)
 
 
 @pytest.mark.slow
-def test_binarized_mnist_uses_its_own_splits(mnist_manual_dir, tfds_data_dir):
+def test_binarized_mnist_uses_its_own_splits(mnist_manual_dir, prepared_datasets):
   splits = input_pipeline.load_splits(
-      _data_config("binarized_mnist", mnist_manual_dir, tfds_data_dir))
+      _data_config("binarized_mnist", mnist_manual_dir, prepared_datasets))
   assert {k: v.num_examples for k, v in splits.items()} == {
       "train": 50000, "validation": 10000, "test": 10000}
   assert splits["train"].labels is None
