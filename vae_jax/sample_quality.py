@@ -3,7 +3,8 @@
 Samples from the prior, mean images E[x|z(, y)] of prior samples z as
 visualize.decode_prior_samples makes them (z ~ N(0, I); for two stochastic layers the
 ancestral z2 ~ N(0, I), z1 ~ p(z1|z2)), and the test images are both mapped to the
-penultimate layer of the project's own classifier (vae_jax/classifier.py, `classifier.features`). In that space:
+penultimate layer of the project's own classifier (vae_jax/classifier.py,
+`classifier.features`). In that space:
 
 - the Fréchet distance (FD) between Gaussians fitted to the two sets, as FID does with
   Inception features: |mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}); lower is better. It is
