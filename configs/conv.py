@@ -19,12 +19,9 @@ Adam 5e-4, batch 64, 30000 steps (~35 epochs of the 55000 training images).
 
 from vae_jax import config_schema
 
-_VARIANTS = ("short",)
-
 
 def get_config(arg=None):
-  if arg not in (None, "", *_VARIANTS):
-    raise ValueError(f"Unknown variant configs/conv.py:{arg}; known: {', '.join(_VARIANTS)}.")
+  options = config_schema.parse_config_arg(arg, "configs/conv.py", short=False)
   config = config_schema.default_config()
   config.data.name = "mnist"
   config.data.binarization = "none"
@@ -48,11 +45,11 @@ def get_config(arg=None):
 
   config.train.batch_size = 64
   config.train.learning_rate = 5e-4
-  config.train.num_steps = 3000 if arg == "short" else 30000
+  config.train.num_steps = 3000 if options.short else 30000
   # Inside lax.scan XLA's CPU convolutions measured 20x slower (0.2 against 4 steps/s,
   # python -m vae_jax.benchmark --configs=conv --steps_per_dispatch=10): one step per call.
   config.train.steps_per_dispatch = 1
-  config.figures.every_epochs = 1 if arg == "short" else 5
+  config.figures.every_epochs = 1 if options.short else 5
   # The decoder's 28x28x64 maps take ~1 MB per importance sample: 10 examples x 200
   # samples per NLL chunk keep it near 2 GB (the defaults, 100 x 1000, would need 100 GB).
   config.eval.nll_batch_size = 10

@@ -32,23 +32,20 @@ _FULL_STAGES, _SHORT_STAGES = 8, 3
 
 
 def _parse(arg):
-  options = {"objective": "vae", "k": "1", "layers": "1", "stages": None, "short": False}
-  for item in filter(None, (arg or "").split(",")):
-    key, _, value = item.partition("=")
-    if key not in options:
-      raise ValueError(f"Unknown option {key!r} in configs/iwae.py:{arg}; known: "
-                       f"{', '.join(options)}.")
-    options[key] = value if value else True
-  if options["objective"] not in ("vae", "iwae"):
-    raise ValueError(f"configs/iwae.py: objective={options['objective']!r} is not one of "
+  # layers and stages stay text, checked against their spellings as before ("stages=08"
+  # is refused as it was); k is an int.
+  options = config_schema.parse_config_arg(arg, "configs/iwae.py", objective="vae", k=1,
+                                           layers="1", stages=None, short=False)
+  if options.objective not in ("vae", "iwae"):
+    raise ValueError(f"configs/iwae.py: objective={options.objective!r} is not one of "
                      "'vae', 'iwae'.")
-  if options["layers"] not in ("1", "2"):
-    raise ValueError(f"configs/iwae.py: layers={options['layers']!r} is not one of 1, 2.")
-  if options["stages"] is not None:
-    if options["short"]:
+  if options.layers not in ("1", "2"):
+    raise ValueError(f"configs/iwae.py: layers={options.layers!r} is not one of 1, 2.")
+  if options.stages is not None:
+    if options.short:
       raise ValueError("configs/iwae.py: short is stages=3; give one of them.")
-    if options["stages"] not in tuple(str(n) for n in range(1, _FULL_STAGES + 1)):
-      raise ValueError(f"configs/iwae.py: stages={options['stages']!r} is not one of "
+    if options.stages not in tuple(str(n) for n in range(1, _FULL_STAGES + 1)):
+      raise ValueError(f"configs/iwae.py: stages={options.stages!r} is not one of "
                        f"1..{_FULL_STAGES}.")
   return options
 
@@ -64,23 +61,23 @@ def get_config(arg=None):
   config.model.hidden_dims = (200, 200)
   config.model.latent_dim = 50
   config.model.activation = "tanh"
-  if options["layers"] == "2":
+  if options.layers == "2":
     config.model.stochastic_layers = 2
     config.model.latent_dim = 100  # z1; z2 has 50 units behind 100-100 hidden layers.
     config.model.top_layer.hidden_dims = (100, 100)
     config.model.top_layer.latent_dim = 50
   config.model.likelihood = "bernoulli"
 
-  config.loss.objective = "elbo" if options["objective"] == "vae" else "iwae"
-  config.loss.num_samples = int(options["k"])
+  config.loss.objective = "elbo" if options.objective == "vae" else "iwae"
+  config.loss.num_samples = options.k
 
   config.train.batch_size = 20
   config.train.learning_rate = 1e-3
   config.train.learning_rate_schedule = "iwae"
-  if options["short"]:
+  if options.short:
     stages = _SHORT_STAGES
   else:
-    stages = int(options["stages"] or _FULL_STAGES)
+    stages = int(options.stages or _FULL_STAGES)
     # The test NLL at each stage end but the last (the end of training gives k = 5000).
     config.eval.nll_at_epochs = tuple(config_schema.schedule_epochs(stage)
                                       for stage in range(1, stages))
@@ -90,5 +87,5 @@ def get_config(arg=None):
   config.train.log_every_steps = 1000
 
   config.eval.num_importance_samples = 5000
-  config.figures.every_epochs = 0 if options["short"] else 100
+  config.figures.every_epochs = 0 if options.short else 100
   return config

@@ -18,8 +18,7 @@ from vae_jax import config_schema
 
 
 def get_config(arg=None):
-  if arg:
-    raise ValueError(f"configs/mlp2d.py has no variants (got {arg!r}).")
+  config_schema.parse_config_arg(arg, "configs/mlp2d.py")  # No options: refuses any.
   config = config_schema.default_config()
   config.data.name = "mnist"
   config.data.binarization = "none"

@@ -16,13 +16,15 @@ import json
 import math
 import os
 
+from vae_jax import workdir as workdir_lib
+
 _NUM_PIXELS = 28 * 28
 
 
 def seed_scale(entry: dict, config: dict, split: str) -> float:
   """The seed's own loss for one epoch's metrics of `split` (train or test)."""
   model = config["model"]
-  reconstruction, kl = entry[f"{split}_reconstruction"], entry[f"{split}_kl"]
+  reconstruction, kl = entry[f"{split}_reconstruction_nats"], entry[f"{split}_kl_nats"]
   if model["likelihood"] == "bernoulli":
     return reconstruction + kl
   variance = model["gaussian_fixed_variance"]
@@ -39,17 +41,16 @@ def main():
   args = parser.parse_args()
   with open(os.path.join(args.workdir, "config.json")) as f:
     config = json.load(f)
-  with open(os.path.join(args.workdir, "epoch_metrics.jsonl")) as f:
-    history = [json.loads(line) for line in f if line.strip()]
+  history = workdir_lib.read_history(args.workdir)
   wanted = {float(e) for e in args.epochs.split(",") if e}
   print("| epoch | train −ELBO | reconstruction | KL | test −ELBO | train, seed's scale |")
   print("| ---: | ---: | ---: | ---: | ---: | ---: |")
   for entry in history:
     if wanted and entry["epoch"] not in wanted:
       continue
-    print(f"| {entry['epoch']:g} | {entry['train_neg_elbo']:.2f} | "
-          f"{entry['train_reconstruction']:.2f} | {entry['train_kl']:.2f} | "
-          f"{entry['test_neg_elbo']:.2f} | {seed_scale(entry, config, 'train'):.2f} |")
+    print(f"| {entry['epoch']:g} | {entry['train_neg_elbo_nats']:.2f} | "
+          f"{entry['train_reconstruction_nats']:.2f} | {entry['train_kl_nats']:.2f} | "
+          f"{entry['test_neg_elbo_nats']:.2f} | {seed_scale(entry, config, 'train'):.2f} |")
 
 
 if __name__ == "__main__":

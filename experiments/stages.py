@@ -14,18 +14,15 @@ import os
 
 from vae_jax import config_schema
 from vae_jax import figures
+from vae_jax import workdir as workdir_lib
 
 
 def stage_rows(run_dir: str) -> list[dict]:
   """One row per stage end logged so far: epoch, step, learning rate, test -ELBO, NLL."""
   with open(os.path.join(run_dir, "config.json")) as f:
     config = json.load(f)
-  with open(os.path.join(run_dir, "epoch_metrics.jsonl")) as f:
-    history = {round(entry["epoch"]): entry for entry in map(json.loads, f)}
-  final = {}
-  if os.path.exists(os.path.join(run_dir, "eval.json")):
-    with open(os.path.join(run_dir, "eval.json")) as f:
-      final = json.load(f)
+  history = {round(entry["epoch"]): entry for entry in workdir_lib.read_history(run_dir)}
+  final = workdir_lib.read_eval(run_dir) or {}
   rows = []
   for stage in range(config["train"]["schedule_stages"]):
     epoch = config_schema.schedule_epochs(stage + 1)
@@ -34,10 +31,11 @@ def stage_rows(run_dir: str) -> list[dict]:
       break
     row = {"stage": stage, "epoch": epoch, "step": entry["step"],
            "learning_rate": config["train"]["learning_rate"] * 10 ** (-stage / 7),
-           "test_neg_elbo": entry["test_neg_elbo"], "test_kl": entry["test_kl"],
+           "test_neg_elbo_nats": entry["test_neg_elbo_nats"],
+           "test_kl_nats": entry["test_kl_nats"],
            "active_units": entry.get("test_active_units")}
-    if "test_nll" in entry:
-      row.update(nll=entry["test_nll"], nll_stderr=entry["test_nll_stderr"],
+    if "test_nll_nats" in entry:
+      row.update(nll=entry["test_nll_nats"], nll_stderr=entry["test_nll_stderr"],
                  k=entry["test_nll_num_samples"])
     elif final.get("step") == entry["step"] and "nll_nats" in final:
       row.update(nll=final["nll_nats"], nll_stderr=final["nll_stderr"],
@@ -55,8 +53,8 @@ def markdown(rows: list[dict], paper_nll: float) -> str:
            else "")
     gap = f"{row['nll'] - paper_nll:+.2f}" if "nll" in row else ""
     lines.append(f"| {row['stage']} | {row['epoch']} | {row['step']:,} | "
-                 f"{row['learning_rate']:.2e} | {row['test_neg_elbo']:.2f} | "
-                 f"{row['test_kl']:.2f} | {row['active_units']} | {nll} | {gap} |")
+                 f"{row['learning_rate']:.2e} | {row['test_neg_elbo_nats']:.2f} | "
+                 f"{row['test_kl_nats']:.2f} | {row['active_units']} | {nll} | {gap} |")
   return "\n".join(lines)
 
 
@@ -74,7 +72,7 @@ def main():
     figures.save_png(figures.nll_by_epoch(
         [row["epoch"] for row in with_nll], [row["nll"] for row in with_nll],
         [row["nll_stderr"] for row in with_nll],
-        [row["epoch"] for row in rows], [row["test_neg_elbo"] for row in rows],
+        [row["epoch"] for row in rows], [row["test_neg_elbo_nats"] for row in rows],
         reference=args.paper_nll), args.figure)
     print(f"Wrote {args.figure}")
 

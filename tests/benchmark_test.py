@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, tiny_config
-from vae_jax import evaluate
+from tests.helpers import REPO_ROOT, count_traces, tiny_config
+from vae_jax import evaluators
 from vae_jax import models
 from vae_jax import parallel
 from vae_jax import steps
@@ -58,12 +58,13 @@ def test_evaluation_of_a_ragged_split_compiles_once(kind):
   params = steps.create_train_state(model, config, jax.random.key(0)).params
   images = np.random.default_rng(0).integers(0, 256, (1000, 28, 28, 1)).astype(np.uint8)
   dataset = {"image": jax.numpy.asarray(images), "label": jax.numpy.zeros(1000, "int32")}
-  if kind == "elbo":
-    evaluator = evaluate.make_elbo_evaluator(model, config, mesh)
-  else:
-    evaluator = evaluate.make_nll_evaluator(model, config, mesh, num_importance_samples=3)
-  evaluator(params, dataset, jax.random.key(1))  # 1000 = 3 full batches of 300 + 100.
-  assert evaluator.jitted._cache_size() == 1  # pylint: disable=protected-access
+  evaluator = evaluators.Evaluators(model, config, mesh)
+  with count_traces() as traces:  # 1000 = 3 full batches of 300 + 100.
+    if kind == "elbo":
+      evaluator.neg_elbo(params, dataset, jax.random.key(1), config)
+    else:
+      evaluator.nll(params, dataset, jax.random.key(1), config, 3)
+  assert traces[f"{kind}_batch"] == 1, traces
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 from vae_jax import classifier
 from vae_jax import evaluate
 from vae_jax import input_pipeline

@@ -14,14 +14,14 @@ import textwrap
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 _SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import PartitionSpec as P
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
     from tests.train_test import _fixed_batch
-    from vae_jax import evaluate, losses, models, parallel, steps
+    from vae_jax import evaluators, losses, models, parallel, steps
     assert jax.device_count() == 8, jax.devices()
 
     def close(a, b, what):
@@ -80,9 +80,9 @@ _SCRIPT = textwrap.dedent("""
     for n, mesh in meshes.items():
       args = (parallel.replicate(params, mesh), parallel.replicate(dataset, mesh),
               jax.random.key(5))
-      elbo[n] = evaluate.make_elbo_evaluator(model, config, mesh)(*args)
-      nll[n] = evaluate.make_nll_evaluator(model, config, mesh,
-                                           num_importance_samples=100)(*args)
+      evaluator = evaluators.Evaluators(model, config, mesh)
+      elbo[n] = evaluator.neg_elbo(*args, config)
+      nll[n] = evaluator.nll(*args, config, 100)
     close(elbo[1], elbo[8], "-ELBO evaluation")
     assert nll[1]["per_example_nll"].shape == (21,)
     close(nll[1]["per_example_nll"], nll[8]["per_example_nll"], "per-example NLL")

@@ -1,5 +1,6 @@
 """The parameters' moving average, the best checkpoint, and choosing what to evaluate."""
 
+import chex
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests.conftest import fixed_batch_step, synthetic_splits, tiny_config
+from tests.helpers import fixed_batch_step, synthetic_splits, tiny_config
 from vae_jax import checkpoint
 from vae_jax import input_pipeline
 from vae_jax import models
@@ -40,11 +41,11 @@ def test_the_average_follows_its_recursion_and_equals_the_parameters_at_decay_0(
     state, _ = step(state, _batch(index), jax.random.key(1))
     expected = jax.tree.map(lambda old, new: decay * old + (1 - decay) * new, previous,
                             jax.device_get(state.params))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-                 jax.device_get(state.ema_params), expected)
+    chex.assert_trees_all_close(jax.device_get(state.ema_params), expected, rtol=1e-6,
+                                atol=1e-7)
   if decay == 0:
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.ema_params),
-                 jax.device_get(state.params))
+    chex.assert_trees_all_equal(jax.device_get(state.ema_params),
+                                jax.device_get(state.params))
 
 
 def _tiny_state():
@@ -57,7 +58,7 @@ def test_the_best_checkpoint_is_kept_beside_the_latest(tmp_path):
   state = _tiny_state()
   for step, validation in [(1, 5.0), (2, 3.0), (3, None), (4, 4.0), (5, 6.0), (6, 7.0)]:
     checkpointer.save(step, state.replace(step=jnp.asarray(step, jnp.int32)),
-                      validation_neg_elbo=validation)
+                      validation_neg_elbo_nats=validation)
   assert checkpointer.all_steps() == [2, 5, 6]  # The latest two and the lowest -ELBO.
   assert checkpointer.best_step() == 2
   restored, _ = checkpointer.restore(2, state)
@@ -75,8 +76,7 @@ def test_checkpoints_written_before_the_average_existed_still_load(tmp_path):
   old = train_state.TrainState(step=jnp.asarray(5, jnp.int32), apply_fn=state.apply_fn,
                                params=jax.tree.map(lambda p: p + 1.0, state.params),
                                tx=state.tx, opt_state=state.opt_state)
-  manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"),
-                                  item_names=("state", "progress"))
+  manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"))
   manager.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave(old),
                                           progress=ocp.args.JsonSave({})))
   manager.wait_until_finished()
@@ -85,7 +85,7 @@ def test_checkpoints_written_before_the_average_existed_still_load(tmp_path):
   restored, _, step = checkpointer.restore_latest(state)
   checkpointer.close()
   assert step == 5 and int(restored.step) == 5 and restored.ema_params is None
-  jax.tree.map(np.testing.assert_array_equal, restored.params, old.params)
+  chex.assert_trees_all_equal(restored.params, old.params)
 
 
 def _saved_run(tmp_path, ema_decay=0.0):
@@ -143,9 +143,9 @@ def test_resume_with_the_average_and_the_best_checkpoint_is_bitwise(tmp_path, mo
   for weights in ("raw", "ema"):
     a, b = (jax.device_get(workdir_lib.load_run(w, weights=weights).params)
             for w in (straight, resumed))
-    jax.tree.map(np.testing.assert_array_equal, a, b)
+    chex.assert_trees_all_equal(a, b)
   history = workdir_lib.read_history(straight)
-  best = min(history, key=lambda entry: entry["validation_neg_elbo"])["step"]
+  best = min(history, key=lambda entry: entry["validation_neg_elbo_nats"])["step"]
   assert best < history[-1]["step"]  # Not the latest: kept beside it (1 to keep).
   for workdir in (straight, resumed):
     assert workdir_lib.load_run(workdir, "best").step == best

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from tests.conftest import fixed_batch_step, shipped_config
+from tests.helpers import fixed_batch_step, shipped_config
 from vae_jax import config_schema
-from vae_jax import evaluate
+from vae_jax import evaluators
 from vae_jax import input_pipeline
 from vae_jax import models
 from vae_jax import parallel
@@ -44,15 +44,15 @@ def test_shipped_model_learns_fashion_mnist(fashion, name, arg):
       input_pipeline.Split(fashion["test"].images[:_NUM_TEST],
                            fashion["test"].labels[:_NUM_TEST]),
       NamedSharding(mesh, P()))
-  evaluate_elbo = evaluate.make_elbo_evaluator(model, config, mesh)
-  before = evaluate_elbo(state.params, test, jax.random.key(2))["loss"]
+  evaluator = evaluators.Evaluators(model, config, mesh)
+  before = evaluator.neg_elbo(state.params, test, jax.random.key(2), config)["loss"]
   images, labels = fashion["train"].images, fashion["train"].labels
   for i in range(_NUM_STEPS):
     batch = slice(20 * i, 20 * (i + 1))
     state, metrics = step(state, {"image": images[batch], "label": labels[batch]},
                           jax.random.key(1))
     assert np.isfinite(float(metrics["loss"])), (i, metrics)
-  after = evaluate_elbo(state.params, test, jax.random.key(2))["loss"]
+  after = evaluator.neg_elbo(state.params, test, jax.random.key(2), config)["loss"]
   # A few Adam steps on the training images lower the held-out objective (the -ELBO, or
   # its KL-weighted or IWAE form): the model, its likelihood and (for the CVAE) the
   # labels all work on this dataset.

@@ -152,7 +152,7 @@ def _history(num_epochs, splits):
   rng = np.random.default_rng(0)
   return [{"epoch": float(epoch + 1),
            **{f"{split}_{metric}": float(rng.uniform(10, 200))
-              for split in splits for metric in ("neg_elbo", "reconstruction", "kl")}}
+              for split in splits for metric in ("neg_elbo_nats", "reconstruction_nats", "kl_nats")}}
           for epoch in range(num_epochs)]
 
 
@@ -173,8 +173,8 @@ def test_training_curves(tmp_path, num_epochs, splits):
 
 def test_training_curves_split_evaluated_on_some_epochs(tmp_path):
   history = _history(4, ("train",))
-  history[1]["validation_neg_elbo"] = 120.0
-  history[3]["validation_neg_elbo"] = 110.0
+  history[1]["validation_neg_elbo_nats"] = 120.0
+  history[3]["validation_neg_elbo_nats"] = 110.0
   fig = figures.training_curves(history)
   elbo_lines = fig.axes[0].get_lines()
   assert [line.get_label() for line in elbo_lines] == ["train", "validation"]

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 from tests.linear_models import linear_gaussian_vae
 from vae_jax import config_schema
-from vae_jax import evaluate
+from vae_jax import evaluators
 from vae_jax import models
 from vae_jax import parallel
 from vae_jax import steps
@@ -38,11 +38,11 @@ def test_exactly_the_dimensions_the_decoder_uses_are_active():
   # Dimensions 1 and 3 are ignored by the decoder (zero rows of W): their exact posterior
   # is the prior for every x, so its mean does not vary (A_u = 0) and its KL is 0.
   model, params, xs = _model_and_data((2.0, 0.0, 0.5, 0.0), 2000)
-  result = evaluate.latent_diagnostics(_layers(model, params, xs))
+  result = evaluators.latent_diagnostics(_layers(model, params, xs))
   layer, = result["latent_layers"]
   assert result["active_units"] == layer["active_units"] == 2
   activity = np.asarray(layer["activity"])
-  assert np.all(activity[[0, 2]] > evaluate.ACTIVITY_THRESHOLD)
+  assert np.all(activity[[0, 2]] > evaluators.ACTIVITY_THRESHOLD)
   np.testing.assert_allclose(activity[[1, 3]], 0.0, atol=1e-10)
   np.testing.assert_allclose(np.asarray(layer["kl_per_dim"])[[1, 3]], 0.0, atol=1e-6)
   # A used unit's activity is Var_x(E[z_u|x]) = s_u^2 / (s_u^2 + s2) in closed form (x from
@@ -67,7 +67,7 @@ def test_kl_per_dimension_sums_to_the_total_kl():
             jax.vmap(lambda x, e: apply(x, e)["kl"])(images, eps))
 
   layers, total = layers_and_total_kl(params)
-  result = evaluate.latent_diagnostics(layers)
+  result = evaluators.latent_diagnostics(layers)
   np.testing.assert_allclose(result["latent_kl_nats"], float(jnp.mean(total)), rtol=1e-5)
   np.testing.assert_allclose(sum(result["latent_layers"][0]["kl_per_dim"]),
                              result["latent_kl_nats"], rtol=1e-6)
@@ -99,7 +99,7 @@ def test_mutual_information_matches_its_closed_form():
   scales = np.asarray([2.0, 1.0, 0.5])
   closed_form = 0.5 * np.sum(np.log1p(scales ** 2 / _NOISE_VARIANCE))  # 2.37 nats.
   model, params, xs = _model_and_data(tuple(scales), 4000)
-  result = evaluate.latent_diagnostics(_layers(model, params, xs))
+  result = evaluators.latent_diagnostics(_layers(model, params, xs))
   # The estimate's Monte-Carlo standard error over 4000 examples is 0.023 nats (the
   # per-example terms have std 1.47), and the N-component mixture standing in for q(z)
   # biases it by a few hundredths (measured: 2.33 against 2.37); atol 0.1 is ~4 standard
@@ -118,7 +118,7 @@ def test_aggregate_posterior_against_a_direct_computation():
                                                    + np.log(2 * np.pi))))
                             for m, lv in zip(mean, logvar)])) for zi in z]
   for block_size in (1, 4, 32):
-    np.testing.assert_allclose(evaluate.log_aggregate_posterior(
+    np.testing.assert_allclose(evaluators.log_aggregate_posterior(
         jnp.asarray(mean, jnp.float32), jnp.asarray(logvar, jnp.float32),
         jnp.asarray(z, jnp.float32), block_size=block_size), direct, rtol=1e-5)
 
@@ -138,13 +138,13 @@ def test_latent_evaluator_does_not_depend_on_the_batch_size():
   results = []
   for batch_size in (60, 7):
     config.eval.batch_size = batch_size
-    results.append(evaluate.make_latent_evaluator(model, config, mesh)(
-        params, _dataset(), jax.random.key(3)))
+    results.append(evaluators.Evaluators(model, config, mesh).latents(
+        params, _dataset(), jax.random.key(3), config))
   for key in ("latent_kl_nats", "mutual_information_nats", "active_units"):
     np.testing.assert_allclose(results[1][key], results[0][key], rtol=1e-5)
   assert results[0]["latent_diagnostics_examples"] == 60
-  subset = evaluate.make_latent_evaluator(model, config, mesh)(
-      params, _dataset(), jax.random.key(3), 20)
+  subset = evaluators.Evaluators(model, config, mesh).latents(
+      params, _dataset(), jax.random.key(3), config, 20)
   assert subset["latent_diagnostics_examples"] == 20
 
 
@@ -162,8 +162,9 @@ def test_evaluation_binarizes_the_same_images_whatever_the_run_seed():
 
   def reconstruction(binarization_seed, run_seed):
     config.eval.binarization_seed = binarization_seed
-    evaluator = evaluate.make_elbo_evaluator(model, config, mesh)
-    return evaluator(params, _dataset(), steps.run_keys(run_seed)["eval"])["reconstruction"]
+    evaluator = evaluators.Evaluators(model, config, mesh)
+    return evaluator.neg_elbo(params, _dataset(), steps.run_keys(run_seed)["eval"],
+                              config)["reconstruction_nats"]
 
   assert reconstruction(0, run_seed=0) == reconstruction(0, run_seed=1)
   assert reconstruction(0, run_seed=0) != reconstruction(5, run_seed=0)

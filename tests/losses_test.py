@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import jit_apply
+from tests.helpers import jit_apply
 from vae_jax import config_schema
 from vae_jax import losses
 from vae_jax import models
@@ -79,9 +79,9 @@ def test_elbo_terms_equal_their_closed_form_parts():
   logits = apply(variables, mean + jnp.exp(0.5 * logvar) * eps, method="decode")["logits"]
   reconstruction = -losses.bernoulli_log_likelihood(image, logits)[0]
   kl = losses.gaussian_kl(mean, logvar)
-  np.testing.assert_allclose(terms["reconstruction"], reconstruction, rtol=1e-6)
-  np.testing.assert_allclose(terms["kl"], kl, rtol=1e-6)
-  np.testing.assert_allclose(terms["neg_elbo"], reconstruction + kl, rtol=1e-6)
+  np.testing.assert_allclose(terms["reconstruction_nats"], reconstruction, rtol=1e-6)
+  np.testing.assert_allclose(terms["kl_nats"], kl, rtol=1e-6)
+  np.testing.assert_allclose(terms["neg_elbo_nats"], reconstruction + kl, rtol=1e-6)
   np.testing.assert_allclose(terms["loss"], reconstruction + 0.5 * kl, rtol=1e-6)
 
 
@@ -97,9 +97,9 @@ def test_free_bits_loss_clamps_each_dimension_of_the_analytic_kl(free_bits):
                   for v in jit_apply(model)(variables, image, method="encode"))
   kl_per_dim = 0.5 * (np.exp(logvar) + mean ** 2 - 1.0 - logvar)
   plain = _elbo_terms(model, variables, image, rng, likelihood="bernoulli")
-  np.testing.assert_allclose(terms["kl"], kl_per_dim.sum(), rtol=1e-5)
-  np.testing.assert_allclose(terms["neg_elbo"], plain["neg_elbo"], rtol=1e-6)
-  expected = float(plain["reconstruction"]) + 2.0 * np.maximum(kl_per_dim, free_bits).sum()
+  np.testing.assert_allclose(terms["kl_nats"], kl_per_dim.sum(), rtol=1e-5)
+  np.testing.assert_allclose(terms["neg_elbo_nats"], plain["neg_elbo_nats"], rtol=1e-6)
+  expected = float(plain["reconstruction_nats"]) + 2.0 * np.maximum(kl_per_dim, free_bits).sum()
   np.testing.assert_allclose(terms["loss"], expected, rtol=1e-5)
   # Dimensions below the threshold get no gradient from the KL term.
   below = kl_per_dim < free_bits
@@ -132,7 +132,7 @@ def test_elbo_terms_average_over_samples(num_samples):
   per_sample = [-losses.bernoulli_log_likelihood(
       image, apply(variables, mean + jnp.exp(0.5 * logvar) * e, method="decode")["logits"])
                 for e in eps]
-  np.testing.assert_allclose(terms["reconstruction"], np.mean(per_sample), rtol=1e-5)
+  np.testing.assert_allclose(terms["reconstruction_nats"], np.mean(per_sample), rtol=1e-5)
 
 
 def test_gaussian_log_likelihood_matches_direct_formula():

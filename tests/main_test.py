@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, shipped_config, synthetic_splits, tiny_config
+from tests.helpers import REPO_ROOT, shipped_config, synthetic_splits, tiny_config
 from vae_jax import config_schema
 from vae_jax import input_pipeline
 from vae_jax import sample
@@ -42,6 +42,9 @@ def test_tiny_main_run_then_the_evaluate_and_sample_clis_on_it(tmp_path, mnist_m
   result = _run_main("--config=configs/cvae.py", f"--workdir={workdir}",
                      f"--config.data.tfds_data_dir={tfds_data_dir}",
                      *_TINY_FLAGS,
+                     # 1000 training images: 20 steps per epoch, and a test NLL after the first.
+                     "--config.data.validation_size=59000", "--config.eval.nll_at_epochs=(1,)",
+                     "--config.eval.nll_samples_during_training=5",
                      "--config.figures.manifold_size=4", "--config.figures.num_scatter_points=100",
                      env_extra={"VAE_JAX_MANUAL_DIR": mnist_manual_dir})
   assert result.returncode == 0, result.stderr[-5000:]
@@ -50,10 +53,13 @@ def test_tiny_main_run_then_the_evaluate_and_sample_clis_on_it(tmp_path, mnist_m
   events = list(workdir.glob("events.out.tfevents.*"))
   assert len(events) == 1
   event_bytes = events[0].read_bytes()
-  for tag in (b"train/neg_elbo", b"train/reconstruction", b"train/kl", b"test/neg_elbo",
+  for tag in (b"train/neg_elbo_nats", b"train/reconstruction_nats", b"train/kl_nats",
+              b"test/neg_elbo_nats",
               b"train/learning_rate", b"train_interval/loss"):
     assert tag in event_bytes, tag
   assert (workdir / "checkpoints" / "30").is_dir()
+  during = json.loads((workdir / "eval.json").read_text())["nll_during_training"]
+  assert [(e["epoch"], e["num_importance_samples"]) for e in during] == [(1.0, 5)]
   for name in ("reconstructions", "class_grid", "interpolations", "denoising",
                "denoising_error", "training_curves", "latent_manifold", "latent_scatter"):
     png = (workdir / "figures" / f"{name}.png").read_bytes()
@@ -72,11 +78,12 @@ def test_tiny_main_run_then_the_evaluate_and_sample_clis_on_it(tmp_path, mnist_m
   assert "test -ELBO" in result.stdout and "NLL" in result.stdout
   evaluation = json.loads((workdir / "eval.json").read_text())
   for key in ("nll_nats", "neg_elbo_nats", "nll_stderr", "num_importance_samples",
-              "num_examples", "split", "seconds"):
+              "num_examples", "split", "nll_seconds"):
     assert key in evaluation, key
   assert evaluation["num_examples"] == 10000 and evaluation["split"] == "test"
+  assert evaluation["nll_during_training"] == during  # Kept: the NLLs of training.
   logged = json.loads((workdir / "epoch_metrics.jsonl").read_text().splitlines()[-1])
-  np.testing.assert_allclose(evaluation["neg_elbo_nats"], logged["test_neg_elbo"], rtol=1e-5)
+  np.testing.assert_allclose(evaluation["neg_elbo_nats"], logged["test_neg_elbo_nats"], rtol=1e-5)
   # Importance sampling tightens the bound: NLL estimate below the -ELBO, both positive.
   assert 0 < evaluation["nll_nats"] < evaluation["neg_elbo_nats"]
   assert 0 < evaluation["nll_stderr"] < 5
@@ -101,6 +108,17 @@ def test_tiny_main_run_then_the_evaluate_and_sample_clis_on_it(tmp_path, mnist_m
   assert (workdir / "figures" / "kl_per_dimension.png").read_bytes().startswith(b"\x89PNG")
   manifest = json.loads((workdir / "manifest.json").read_text())
   assert len(manifest) == 1 and manifest[0]["resumed_from_step"] is None
+  # Another split writes its own file and leaves the test numbers in place.
+  result = subprocess.run([sys.executable, "-m", "vae_jax.evaluate", f"--workdir={workdir}",
+                           "--split=validation", "--num_examples=200",
+                           "--num_importance_samples=0", "--label_fidelity_samples=0",
+                           "--sample_quality_samples=0"],
+                          cwd=REPO_ROOT, env=dict(os.environ, VAE_JAX_MANUAL_DIR=mnist_manual_dir),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-5000:]
+  assert json.loads((workdir / "eval.json").read_text()) == evaluation
+  validation = json.loads((workdir / "eval_validation.json").read_text())
+  assert validation["split"] == "validation" and validation["num_examples"] == 200
 
   # The sample CLI, asked to redraw everything too.
   result = _run_sample(f"--workdir={workdir}", "--label=3", "--num=16", "--all_figures")
@@ -274,7 +292,7 @@ def test_same_seed_gives_identical_metrics_twice(tmp_path, mnist_manual_dir, tfd
   first = train.train_and_evaluate(config, str(tmp_path / "a"))
   second = train.train_and_evaluate(config, str(tmp_path / "b"))
   assert first == second
-  assert np.isfinite(first["test_neg_elbo"])
+  assert np.isfinite(first["test_neg_elbo_nats"])
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 from vae_jax import workdir as workdir_lib
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import jit_apply, shipped_config, synthetic_splits, tiny_config
+from tests.helpers import jit_apply, shipped_config, synthetic_splits, tiny_config
 from vae_jax import config_schema
 from vae_jax import input_pipeline
 from vae_jax import losses
@@ -131,13 +131,13 @@ def test_dropout_is_active_in_training_and_off_in_evaluation_and_sampling(name):
   config.model = _model_config(name, dropout_rate=0.5)
   example_terms = losses.make_example_terms_fn(model, config, train=False)
   image_uint8 = (image * 255).astype(jnp.uint8)
-  key = jax.random.key(7)
+  key, weights = jax.random.key(7), losses.loss_weights(config)
   np.testing.assert_array_equal(
-      example_terms(variables["params"], image_uint8, 0, key)["neg_elbo"],
-      example_terms(variables["params"], image_uint8, 0, key)["neg_elbo"])
+      example_terms(variables["params"], image_uint8, 0, key, weights)["neg_elbo_nats"],
+      example_terms(variables["params"], image_uint8, 0, key, weights)["neg_elbo_nats"])
   train_terms = losses.make_example_terms_fn(model, config, train=True)
-  train_values = {float(train_terms(variables["params"], image_uint8, 0,
-                                    jax.random.key(k))["reconstruction"]) for k in range(4)}
+  train_values = {float(train_terms(variables["params"], image_uint8, 0, jax.random.key(k),
+                                    weights)["reconstruction_nats"]) for k in range(4)}
   assert len(train_values) == 4
 
   samples = [visualize.sample_prior(model, variables["params"], jax.random.key(8),
@@ -185,7 +185,7 @@ def test_bfloat16_trains_a_tiny_model_without_nan(tmp_path, monkeypatch):
     config.train.learning_rate = 3e-3
     config.figures.final = False
     summary = train.train_and_evaluate(config, str(tmp_path / dtype))
-    assert np.isfinite(summary["test_neg_elbo"])
+    assert np.isfinite(summary["test_neg_elbo_nats"])
     curves[dtype] = [entry["train_loss"] for entry in workdir_lib.read_history(str(tmp_path / dtype))]
   assert all(np.isfinite(curves["bfloat16"]))
   assert curves["bfloat16"][-1] < curves["bfloat16"][0]  # It learns (noise images: a little).

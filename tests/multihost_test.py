@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 from vae_jax import config_schema
 from vae_jax import input_pipeline
 from vae_jax import workdir as workdir_lib
@@ -71,5 +71,5 @@ def test_two_processes_train_the_parameters_of_one(tmp_path, mnist_manual_dir,
   for name in ("single", "multi"):
     history = workdir_lib.read_history(str(tmp_path / name))
     assert len(history) == 1
-  np.testing.assert_allclose(workdir_lib.read_history(str(multi))[0]["test_neg_elbo"],
-                             workdir_lib.read_history(str(single))[0]["test_neg_elbo"], rtol=1e-5)
+  np.testing.assert_allclose(workdir_lib.read_history(str(multi))[0]["test_neg_elbo_nats"],
+                             workdir_lib.read_history(str(single))[0]["test_neg_elbo_nats"], rtol=1e-5)

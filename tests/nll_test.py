@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 from tests.linear_models import gaussian_log_density, linear_gaussian_vae
-from vae_jax import evaluate
+from vae_jax import evaluators
 from vae_jax import losses
 from vae_jax import models
 from vae_jax import parallel
@@ -24,7 +24,7 @@ def _linear_gaussian_model():
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 4, 5))
 def _per_example(estimator, model, params, xs, num_samples, chunk_size):
-  """estimator (one of evaluate's) for each row of xs, example i with key(i)."""
+  """estimator (one of evaluators') for each row of xs, example i with key(i)."""
   keys = jax.vmap(jax.random.key)(jnp.arange(xs.shape[0]))
   return jax.vmap(lambda x, key: estimator(
       model, params, x.reshape(_DATA_DIM, 1, 1), None, key, likelihood="gaussian",
@@ -32,11 +32,11 @@ def _per_example(estimator, model, params, xs, num_samples, chunk_size):
 
 
 def _estimates(*args):
-  return _per_example(evaluate.importance_sampled_log_likelihood, *args)
+  return _per_example(evaluators.importance_sampled_log_likelihood, *args)
 
 
 def _terms(*args):
-  return _per_example(evaluate.importance_sampling_terms, *args)
+  return _per_example(evaluators.importance_sampling_terms, *args)
 
 
 def _samples_from_the_model(b, cov, count):
@@ -83,7 +83,7 @@ def test_chunked_estimate_equals_the_unchunked_one():
   params = steps.create_train_state(model, config, jax.random.key(0)).params
   image = jax.random.uniform(jax.random.key(1), (28, 28, 1))
   values = [float(jax.jit(functools.partial(
-      evaluate.importance_sampled_log_likelihood, model, likelihood="bernoulli",
+      evaluators.importance_sampled_log_likelihood, model, likelihood="bernoulli",
       num_samples=300, chunk_size=chunk))(params, image, None, jax.random.key(2)))
             for chunk in (300, 64, 7, 1)]
   np.testing.assert_allclose(values, values[0], rtol=1e-6)
@@ -122,7 +122,7 @@ def test_elbo_below_iwae_k_below_iwae_k_prime_for_a_trained_model(tmp_path):
 
   elbo = float(jnp.mean(jax.vmap(lambda image, key: -losses.elbo_terms(
       model, {"params": state.params}, image, None, key, likelihood="bernoulli",
-      num_samples=50)["neg_elbo"])(test_images, jax.random.split(jax.random.key(4), 100))))
+      num_samples=50)["neg_elbo_nats"])(test_images, jax.random.split(jax.random.key(4), 100))))
   iwae_5, iwae_50 = bound(5), bound(50)
   assert elbo < iwae_5 < iwae_50, (elbo, iwae_5, iwae_50)
 
@@ -137,10 +137,10 @@ def _widened_posterior(model_params, log_variance_increase):
 
 
 def test_prefix_sizes_are_the_decades_the_last_decade_and_k():
-  assert evaluate.prefix_sizes(5000) == (1, 10, 100, 500, 1000, 5000)
-  assert evaluate.prefix_sizes(1000) == (1, 10, 100, 1000)
-  assert evaluate.prefix_sizes(7) == (1, 7)
-  assert evaluate.prefix_sizes(1) == (1,)
+  assert evaluators.prefix_sizes(5000) == (1, 10, 100, 500, 1000, 5000)
+  assert evaluators.prefix_sizes(1000) == (1, 10, 100, 1000)
+  assert evaluators.prefix_sizes(7) == (1, 7)
+  assert evaluators.prefix_sizes(1) == (1,)
 
 
 def test_exact_posterior_gives_equal_weights_ess_k_and_every_prefix_log_p_x():
@@ -148,7 +148,7 @@ def test_exact_posterior_gives_equal_weights_ess_k_and_every_prefix_log_p_x():
   xs = _samples_from_the_model(b, cov, 5)
   terms = _terms(model, params, xs, 200, 64)
   exact = np.array([gaussian_log_density(x, b, cov) for x in xs])
-  assert terms["log_likelihood_at"].shape == (5, len(evaluate.prefix_sizes(200)))
+  assert terms["log_likelihood_at"].shape == (5, len(evaluators.prefix_sizes(200)))
   # Every weight equals p(x): each prefix is log p(x), float32 round-off only.
   np.testing.assert_allclose(terms["log_likelihood_at"],
                              np.broadcast_to(exact[:, None], terms["log_likelihood_at"].shape),
@@ -173,7 +173,7 @@ def test_prefixes_equal_the_estimator_run_with_that_k_and_ess_matches_numpy():
   xs = _samples_from_the_model(b, cov, 4)
   num_samples = 1000
   terms = _terms(model, poorer, xs, num_samples, 64)  # 64 divides no prefix past 1.
-  for column, k in enumerate(evaluate.prefix_sizes(num_samples)):
+  for column, k in enumerate(evaluators.prefix_sizes(num_samples)):
     np.testing.assert_allclose(terms["log_likelihood_at"][:, column],
                                _estimates(model, poorer, xs, k, min(k, 64)), rtol=1e-6,
                                err_msg=f"k = {k}")
@@ -198,7 +198,7 @@ def test_diagnostics_summary_and_warnings():
   ess = np.array([1.0, 2.0, 50.0, 100.0])
   nll_at = np.array([[100.0, 99.0, 98.0, 97.9], [100.0, 99.0, 98.0, 97.9],
                      [90.0, 89.5, 89.4, 89.38], [90.0, 89.5, 89.4, 89.38]])
-  summary = evaluate.nll_diagnostics(1000, nll_at, ess, np.array([0.9, 0.5, 0.1, 0.05]))
+  summary = evaluators.nll_diagnostics(1000, nll_at, ess, np.array([0.9, 0.5, 0.1, 0.05]))
   assert [e["k"] for e in summary["nll_by_num_samples"]] == [1, 10, 100, 1000]
   np.testing.assert_allclose([e["nll_nats"] for e in summary["nll_by_num_samples"]],
                              [95.0, 94.25, 93.7, 93.64], rtol=1e-12)
@@ -208,9 +208,9 @@ def test_diagnostics_summary_and_warnings():
   np.testing.assert_allclose(summary["ess_p5"], np.percentile(ess, 5), rtol=1e-12)
   assert summary["max_normalized_weight_max"] == 0.9
   # 0.06 nats over the last decade and half the examples below ESS 10: no warning.
-  assert evaluate.nll_warnings(dict(summary, num_importance_samples=1000)) == []
-  moving = evaluate.nll_diagnostics(1000, nll_at - np.array([0, 0, 0, 0.5]), ess * 0 + 2,
+  assert evaluators.nll_warnings(dict(summary, num_importance_samples=1000)) == []
+  moving = evaluators.nll_diagnostics(1000, nll_at - np.array([0, 0, 0, 0.5]), ess * 0 + 2,
                                     np.ones(4))
-  warnings = evaluate.nll_warnings(dict(moving, num_importance_samples=1000))
+  warnings = evaluators.nll_warnings(dict(moving, num_importance_samples=1000))
   assert len(warnings) == 2 and "0.56 nats from k = 100 to k = 1000" in warnings[0], warnings
   assert "100% of the examples" in warnings[1], warnings

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import stages
-from tests.conftest import shipped_config, synthetic_splits, tiny_config
+from tests.helpers import shipped_config, synthetic_splits, tiny_config
 from vae_jax import config_schema
 from vae_jax import input_pipeline
 from vae_jax import steps
@@ -63,14 +63,14 @@ def test_stage_end_nlls_are_logged_at_the_right_epochs(tmp_path, monkeypatch):
   train.train_and_evaluate(config, str(tmp_path))
   history = [json.loads(line) for line in (tmp_path / "epoch_metrics.jsonl").open()]
   assert [entry["epoch"] for entry in history] == list(range(1, 14))
-  assert [entry["epoch"] for entry in history if "test_nll" in entry] == [1, 4]
-  assert all(entry["test_nll_num_samples"] == 5 for entry in history if "test_nll" in entry)
+  assert [entry["epoch"] for entry in history if "test_nll_nats" in entry] == [1, 4]
+  assert all(entry["test_nll_num_samples"] == 5 for entry in history if "test_nll_nats" in entry)
   evaluation = json.loads((tmp_path / "eval.json").read_text())
   assert [(e["epoch"], e["step"]) for e in evaluation["nll_during_training"]] == [(1, 4),
                                                                                   (4, 16)]
   assert evaluation["num_importance_samples"] == 10 and evaluation["step"] == 52
   events = next(tmp_path.glob("events.out.tfevents.*")).read_bytes()
-  assert b"test/nll" in events
+  assert b"test/nll_nats" in events
   # experiments/stages.py's table: the stage ends, the last with the final NLL (k = 10).
   rows = stages.stage_rows(str(tmp_path))
   assert [(row["epoch"], row["step"], row["k"]) for row in rows] == [(1, 4, 5), (4, 16, 5),

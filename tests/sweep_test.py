@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import REPO_ROOT, tiny_config
+from tests.helpers import REPO_ROOT, tiny_config
 from vae_jax import input_pipeline
 from vae_jax import sweep
 
@@ -59,18 +59,18 @@ def _check_results(workdir, models_per_program):
     run_dir = workdir / row["point"] / f"seed={row['seed']}"
     # The row holds the run's own final numbers: its history's last entry and eval.json.
     history = [line for line in (run_dir / "epoch_metrics.jsonl").read_text().splitlines()]
-    assert f'"test_neg_elbo": {row["test_elbo_nats"]}' in history[-1]
-    assert float(row["test_nll_nats"]) < float(row["test_elbo_nats"]) + 1.0
+    assert f'"test_neg_elbo_nats": {row["test_neg_elbo_nats"]}' in history[-1]
+    assert float(row["test_nll_nats"]) < float(row["test_neg_elbo_nats"]) + 1.0
     assert float(row["wall_seconds"]) > 0
     # Every mode writes what a run alone writes (tests/vectorized_test.py compares them).
     assert (run_dir / "timings.json").is_file() and (run_dir / "eval.json").is_file()
     [events] = run_dir.glob("events.out.tfevents.*")
     assert b"train_interval/loss" in events.read_bytes()
-  assert rows[0]["test_elbo_nats"] != rows[1]["test_elbo_nats"]  # Seeds differ.
+  assert rows[0]["test_neg_elbo_nats"] != rows[1]["test_neg_elbo_nats"]  # Seeds differ.
   table = (workdir / "results.md").read_text()
   assert "| loss.kl_weight | seeds | test −ELBO (nats) | test NLL (nats) |" in table
   assert table.count(" ± ") >= 8  # Mean ± std of 4 metrics and the time, per point.
-  for plot in ("test_elbo_nats.png", "test_nll_nats.png", "test_kl_nats.png"):
+  for plot in ("test_neg_elbo_nats.png", "test_nll_nats.png", "test_kl_nats.png"):
     assert (workdir / plot).stat().st_size > 1000
   return rows
 

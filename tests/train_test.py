@@ -2,12 +2,13 @@
 
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import fixed_batch_step, synthetic_splits, tiny_config
+from tests.helpers import count_traces, fixed_batch_step, synthetic_splits, tiny_config
 from vae_jax import input_pipeline
 from vae_jax import models
 from vae_jax import parallel
@@ -35,7 +36,8 @@ def test_the_cadence_stops_where_the_host_acts():
   """Epochs of 25 steps, logs every 10, checkpoints every 6, 60 steps, 4 per dispatch."""
   cadence = train.Cadence(steps_per_epoch=25, num_steps=60, log_every_steps=10,
                           checkpoint_every_steps=6, steps_per_dispatch=4,
-                          figures_every_epochs=2)
+                          figures_every_epochs=2, diagnostics_every_epochs=0,
+                          nll_at_epochs=())
   step, stops = 0, []
   while step < cadence.num_steps:
     step += cadence.dispatch_size(step)
@@ -47,7 +49,20 @@ def test_the_cadence_stops_where_the_host_acts():
   assert cadence.dispatch_size(27) == 1  # 27 + 4 would pass the stop at 30.
   assert [s for s in range(61) if cadence.is_epoch_end(s) and s] == [25, 50, 60]
   assert [s for s in range(61) if cadence.draws_figures(s)] == [50]  # Not at the end.
-  assert not train.Cadence(25, 60, 10, 0, 4, 0).is_save_step(30)
+  assert not train.Cadence(25, 60, 10, 0, 4, 0, 0, ()).is_save_step(30)
+
+
+def test_the_cadence_schedules_the_diagnostics_and_the_nll_before_the_end():
+  """Epochs of 10 steps, 100 steps: diagnostics every 3 epochs and at the NLL epochs 2 and
+  10; the end (epoch 10) has the final evaluation instead."""
+  cadence = train.Cadence(steps_per_epoch=10, num_steps=100, log_every_steps=10,
+                          checkpoint_every_steps=0, steps_per_dispatch=5,
+                          figures_every_epochs=0, diagnostics_every_epochs=3,
+                          nll_at_epochs=(2, 10))
+  assert [s // 10 for s in range(101) if cadence.evaluates_nll(s)] == [2]
+  assert [s // 10 for s in range(101) if cadence.runs_diagnostics(s)] == [2, 3, 6, 9]
+  only_nll = train.Cadence(10, 100, 10, 0, 5, 0, 0, (4,))
+  assert [s // 10 for s in range(101) if only_nll.runs_diagnostics(s)] == [4]
 
 
 def test_all_finite_finds_a_nan_or_inf_in_any_leaf():
@@ -83,8 +98,7 @@ def test_same_seed_gives_bitwise_identical_parameters_twice():
     return jax.device_get(state.params)
 
   first, second = run(), run()
-  for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(first, second)
 
 
 def test_different_steps_draw_different_noise():
@@ -96,7 +110,7 @@ def test_different_steps_draw_different_noise():
   later = jax.tree.map(jnp.copy, state.replace(step=jnp.asarray(1, jnp.int32)))
   _, m0 = step(state, _fixed_batch(), jax.random.key(0))  # Donates `state`.
   _, m1 = step(later, _fixed_batch(), jax.random.key(0))
-  assert float(m0["reconstruction"]) != float(m1["reconstruction"])
+  assert float(m0["reconstruction_nats"]) != float(m1["reconstruction_nats"])
 
 
 def test_train_steps_do_not_retrace_across_dispatches():
@@ -105,11 +119,12 @@ def test_train_steps_do_not_retrace_across_dispatches():
   program = steps.make_train_program(model, [config], mesh, steps_per_epoch=4)
   dataset = _fixed_batch(batch_size=64)
   epoch_indices = jnp.arange(64, dtype=jnp.int32).reshape(4, 16)
-  for count in (1, 3, 1, 3, 3):
-    state, metrics = program(state, dataset, epoch_indices, jax.random.key(0), count)
-    assert metrics["loss"].shape == (count,)
+  with count_traces() as traces:
+    for count in (1, 3, 1, 3, 3):
+      state, metrics = program(state, dataset, epoch_indices, jax.random.key(0), count)
+      assert metrics["loss"].shape == (count,)
   # One program per dispatch size.
-  assert program._cache_size() == 2  # pylint: disable=protected-access
+  assert traces["train_program"] == 2, traces
   assert int(state.step) == 11
 
 
@@ -132,23 +147,22 @@ def test_scanned_dispatches_give_the_parameters_of_single_steps(tmp_path, monkey
     results[count] = (train.train_and_evaluate(config, workdir),
                       jax.device_get(workdir_lib.load_run(workdir).params))
   assert results[1][0] == results[steps_per_dispatch][0]  # Epoch metrics, exactly.
-  jax.tree.map(np.testing.assert_array_equal, results[1][1],
-               results[steps_per_dispatch][1])  # Bit for bit.
+  chex.assert_trees_all_equal(results[1][1], results[steps_per_dispatch][1])  # Bit for bit.
 
 
 def test_phase_timer_counts_nested_phases_once(monkeypatch):
-  # perf_counter at each call: start 0; eval 1 .. 10 with figures 3 .. 4 inside;
+  # perf_counter at each call: start 0; epoch_eval 1 .. 10 with figures 3 .. 4 inside;
   # checkpoints 12 .. 20; finish at 25.
   clock = iter([0.0, 1.0, 3.0, 4.0, 10.0, 12.0, 20.0, 25.0])
   monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
   timer = progress.PhaseTimer(imports_seconds=5.0)
-  with timer.phase("eval"):
+  with timer.phase("epoch_eval"):
     with timer.phase("figures"):
       pass
   with timer.phase("checkpoints"):
     pass
   seconds = timer.finish()
-  assert seconds["figures"] == 1.0 and seconds["eval"] == 8.0
+  assert seconds["figures"] == 1.0 and seconds["epoch_eval"] == 8.0
   assert seconds["checkpoints"] == 8.0
   assert seconds["train"] == 25.0 - 17.0  # The rest of the 25 s.
   assert seconds["total"] == 30.0
@@ -163,7 +177,8 @@ def test_a_run_writes_its_time_by_phase(tmp_path, monkeypatch):
   seconds = json.loads((tmp_path / "timings.json").read_text())
   assert set(seconds) == set(progress.PhaseTimer.PHASES) | {"total"}
   assert seconds["imports"] == 1.5
-  for phase in ("data", "compile", "train", "eval", "figures", "checkpoints"):
+  for phase in ("data", "compile", "train", "epoch_eval", "final_eval", "figures",
+                "checkpoints"):
     assert seconds[phase] > 0, phase
   np.testing.assert_allclose(sum(seconds[p] for p in progress.PhaseTimer.PHASES),
                              seconds["total"], rtol=1e-9)

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import jit_apply, shipped_config, tiny_config
+from tests.helpers import jit_apply, shipped_config, tiny_config
 from tests.linear_models import LinearDecoder, LinearGaussian, gaussian_log_density
 from vae_jax import config_schema
-from vae_jax import evaluate
+from vae_jax import evaluators
 from vae_jax import losses
 from vae_jax import models
 from vae_jax import steps
@@ -65,7 +65,7 @@ def _linear_gaussian_hierarchy():
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _estimates(model, params, xs, num_samples):
   keys = jax.vmap(jax.random.key)(jnp.arange(xs.shape[0]))
-  return jax.vmap(lambda x, key: evaluate.importance_sampled_log_likelihood(
+  return jax.vmap(lambda x, key: evaluators.importance_sampled_log_likelihood(
       model, params, x.reshape(_DATA_DIM, 1, 1), None, key, likelihood="gaussian",
       num_samples=num_samples, chunk_size=min(num_samples, 100)))(
           jnp.asarray(xs, jnp.float32), keys)
@@ -90,9 +90,9 @@ def test_sampled_elbo_of_the_exact_posteriors_is_the_log_likelihood():
   terms = jax.jit(lambda params, x: losses.elbo_terms(
       model, {"params": params}, x.reshape(_DATA_DIM, 1, 1), None, jax.random.key(3),
       likelihood="gaussian", num_samples=20))(params, jnp.asarray(x, jnp.float32))
-  np.testing.assert_allclose(float(terms["neg_elbo"]), -gaussian_log_density(x, x_mean, x_cov),
+  np.testing.assert_allclose(float(terms["neg_elbo_nats"]), -gaussian_log_density(x, x_mean, x_cov),
                              rtol=0, atol=2e-4)
-  assert float(terms["kl"]) > 0.1  # A real, sampled KL term, not zero by construction.
+  assert float(terms["kl_nats"]) > 0.1  # A real, sampled KL term, not zero by construction.
 
 
 def test_poorer_posteriors_approach_the_log_likelihood_from_below_as_k_grows():

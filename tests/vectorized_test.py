@@ -2,11 +2,12 @@
 
 import re
 
+import chex
 import jax
 import numpy as np
 import pytest
 
-from tests.conftest import synthetic_splits, tiny_config
+from tests.helpers import synthetic_splits, tiny_config
 from vae_jax import input_pipeline
 from vae_jax import steps
 from vae_jax import train
@@ -71,8 +72,7 @@ def test_each_model_equals_its_run_alone(trained):
     step_alone, params_alone = _params(alone_dir)
     step_together, params_together = _params(together_dir)
     assert step_alone == step_together == 53
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=0, atol=1e-5),
-                 params_alone, params_together)
+    chex.assert_trees_all_close(params_together, params_alone, rtol=0, atol=1e-5)
   # The runs differ from each other: the comparison above is not vacuous.
   first, second = _params(alone[0])[1], _params(alone[1])[1]
   assert max(float(np.abs(a - b).max()) for a, b in zip(
@@ -112,8 +112,8 @@ def test_a_run_of_a_group_writes_the_files_of_a_run_alone(trained):
   names, tags, hparams = _files_and_tags(alone[0])
   assert {"config.json", "epoch_metrics.jsonl", "timings.json", "events"} <= names
   assert {b"train_interval/loss", b"train_interval/steps_per_sec",
-          b"train_interval/learning_rate", b"train/neg_elbo", b"train/learning_rate",
-          b"test/neg_elbo", b"figures/reconstructions", b"figures/prior_samples"} <= tags
+          b"train_interval/learning_rate", b"train/neg_elbo_nats", b"train/learning_rate",
+          b"test/neg_elbo_nats", b"figures/reconstructions", b"figures/prior_samples"} <= tags
   assert hparams
   for workdir in together:
     assert _files_and_tags(workdir) == (names, tags, hparams)
@@ -125,11 +125,11 @@ def test_warmup_and_free_bits_change_training(trained):
   history = [_history(w) for w in alone]
   # Warm-up: with the KL weight ramping from 0, the first epoch's KL is larger than
   # that of the run with the same seed and no warm-up (run 0) -- at KL weight 2.
-  assert history[2][0]["train_kl"] > history[0][0]["train_kl"]
+  assert history[2][0]["train_kl_nats"] > history[0][0]["train_kl_nats"]
   # Free bits: the loss adds at least free_bits per latent dimension.
   latent_dim = tiny_config().model.latent_dim
   for entry in history[3]:
-    assert entry["train_loss"] >= entry["train_reconstruction"] + 0.5 * latent_dim - 1e-4
+    assert entry["train_loss"] >= entry["train_reconstruction_nats"] + 0.5 * latent_dim - 1e-4
 
 
 def test_configs_that_need_different_programs_are_refused():
@@ -155,5 +155,5 @@ def test_a_group_resumes_where_it_stopped(trained, tmp_path, monkeypatch):
   for workdir, straight in zip(workdirs, together[:2]):
     step, params = _params(workdir)
     assert step == 53
-    jax.tree.map(np.testing.assert_array_equal, params, _params(straight)[1])
+    chex.assert_trees_all_equal(params, _params(straight)[1])
     assert [h["step"] for h in _history(workdir)] == [25, 30, 50, 53]

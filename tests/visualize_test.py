@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 from vae_jax import input_pipeline
 from vae_jax import models
 from vae_jax import steps
@@ -19,9 +19,9 @@ def _test_split(num=300, labelled=True):
   return input_pipeline.Split(images, labels)
 
 
-_HISTORY = [{"epoch": e, "step": 10 * e, "train_neg_elbo": 200.0 - e, "train_kl": 5.0,
-             "train_reconstruction": 195.0 - e, "test_neg_elbo": 201.0 - e,
-             "test_kl": 5.0, "test_reconstruction": 196.0 - e} for e in (1, 2)]
+_HISTORY = [{"epoch": e, "step": 10 * e, "train_neg_elbo_nats": 200.0 - e, "train_kl_nats": 5.0,
+             "train_reconstruction_nats": 195.0 - e, "test_neg_elbo_nats": 201.0 - e,
+             "test_kl_nats": 5.0, "test_reconstruction_nats": 196.0 - e} for e in (1, 2)]
 
 
 @pytest.mark.slow  # Draws and saves every figure of four models with matplotlib.

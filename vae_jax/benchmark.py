@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from vae_jax import config_schema
-from vae_jax import evaluate
+from vae_jax import evaluators
 from vae_jax import input_pipeline
 from vae_jax import losses
 from vae_jax import models
@@ -223,19 +223,19 @@ def benchmark_config(name: str, rng: jax.Array, roofline_gflops: float, seconds:
       for _ in range(5):
         dispatch()
 
-  evaluate_elbo = evaluate.make_elbo_evaluator(model, config, mesh)
+  evaluator = evaluators.Evaluators(model, config, mesh)
   params = holder["state"].params
-  evaluate_elbo(params, test, elbo_key)
-  calls, elapsed = _timed(lambda: evaluate_elbo(params, test, elbo_key), seconds, 1)
+  evaluator.neg_elbo(params, test, elbo_key, config)
+  calls, elapsed = _timed(lambda: evaluator.neg_elbo(params, test, elbo_key, config), seconds, 1)
   elbo_images_per_sec = calls * _NUM_TEST / elapsed
 
   # One NLL batch of the config's size, one chunk of samples per example: the unit of
   # work that config.eval.nll_batch_size and importance_chunk_size size to fit memory.
   nll_examples, nll_samples = config.eval.nll_batch_size, config.eval.importance_chunk_size
-  nll = evaluate.make_nll_evaluator(model, config, mesh, num_importance_samples=nll_samples)
   nll_data = jax.device_put({k: v[:nll_examples] for k, v in test.items()}, replicated)
-  nll(params, nll_data, nll_key)
-  calls, elapsed = _timed(lambda: nll(params, nll_data, nll_key), seconds, 1)
+  evaluator.nll(params, nll_data, nll_key, config, nll_samples)
+  calls, elapsed = _timed(lambda: evaluator.nll(params, nll_data, nll_key, config, nll_samples),
+                          seconds, 1)
   nll_samples_per_sec = calls * nll_examples * nll_samples / elapsed
 
   roofline_steps_per_sec = roofline_gflops * 1e9 / flops_per_step

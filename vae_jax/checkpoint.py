@@ -12,6 +12,8 @@ and the run falls back to the previous one.
 import logging as python_logging
 import os
 import shutil
+import signal
+import threading
 
 from absl import logging
 import jax
@@ -46,7 +48,12 @@ def _saved_items(state) -> dict:
 
 
 # The metric saved with a checkpoint at an epoch's end; the lowest one is kept as "best".
-BEST_METRIC = "validation_neg_elbo"
+BEST_METRIC = "validation_neg_elbo_nats"
+_LEGACY_BEST_METRIC = "validation_neg_elbo"  # Its name in checkpoints saved before.
+
+
+def _best_metric(metrics: dict) -> float:
+  return metrics[BEST_METRIC] if BEST_METRIC in metrics else metrics[_LEGACY_BEST_METRIC]
 
 
 class Checkpointer:
@@ -62,12 +69,13 @@ class Checkpointer:
     keep = ocp.checkpoint_managers.AnyPreservationPolicy([
         ocp.checkpoint_managers.LatestN(n=max_to_keep),
         ocp.checkpoint_managers.BestN(
-            get_metric_fn=lambda metrics: metrics[BEST_METRIC], reverse=True, n=1,
+            get_metric_fn=_best_metric, reverse=True, n=1,
             keep_checkpoints_without_metrics=False)])
+    # No item_names (deprecated): the Composite args of save and restore name the items.
     self._manager = ocp.CheckpointManager(
-        self.directory, item_names=("state", "progress"),
+        self.directory,
         options=ocp.CheckpointManagerOptions(
-            preservation_policy=keep, best_fn=lambda metrics: metrics[BEST_METRIC],
+            preservation_policy=keep, best_fn=_best_metric,
             best_mode="min", create=True, cleanup_tmp_directories=True,
             enable_async_checkpointing=False))
 
@@ -142,12 +150,13 @@ class Checkpointer:
     return target
 
   def save(self, step: int, state, progress: dict | None = None,
-           validation_neg_elbo: float | None = None) -> None:
+           validation_neg_elbo_nats: float | None = None) -> None:
     """Saves unless this step is already saved (e.g. preempted right after a save);
-    `validation_neg_elbo` (at epoch ends) ranks it for best_step."""
+    `validation_neg_elbo_nats` (at epoch ends) ranks it for best_step."""
     if step in self._manager.all_steps():
       return
-    metrics = None if validation_neg_elbo is None else {BEST_METRIC: validation_neg_elbo}
+    metrics = (None if validation_neg_elbo_nats is None
+               else {BEST_METRIC: validation_neg_elbo_nats})
     self._manager.save(step, metrics=metrics, args=ocp.args.Composite(
         state=ocp.args.StandardSave(_saved_items(state)),
         progress=ocp.args.JsonSave(progress or {})))
@@ -155,3 +164,33 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+class SigtermFlag:
+  """Records SIGTERM instead of dying, so the loop can save a checkpoint first.
+
+  With several processes, JAX's preemption sync point (the coordination service relays
+  the signal) makes every process stop at the same step, which a collective save needs.
+  """
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.received = True
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.received
+
+  def __exit__(self, *exc_info):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)

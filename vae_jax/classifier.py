@@ -3,13 +3,15 @@
 Label fidelity of a conditional VAE: the fraction of samples generated for class y that
 this classifier assigns to y. Its penultimate layer (`features`) is also the space in
 which vae_jax/sample_quality.py compares samples with test images. The classifier is
-trained on the dataset's training split (grayscale pixels in [0, 1]) and cached under a
-workdir of its own; its test accuracy is reported with every fidelity so the reader can
+trained once per dataset on its training split (grayscale pixels in [0, 1]) and cached
+in the user's cache directory (`default_directory`), where every workdir finds it; its
+test accuracy is reported with every fidelity so the reader can
 judge the judge.
 """
 
 import json
 import os
+import shutil
 
 from absl import logging
 import flax.linen as nn
@@ -90,20 +92,36 @@ def _train(model, splits, seed: int):
   return params
 
 
-def load_or_train(data_config, classifier_workdir: str, num_classes: int = 10, seed: int = 0):
-  """(apply_fn, params, test_accuracy): from classifier_workdir, else trained and saved there."""
-  model = Classifier(num_classes)
-  directory = os.path.abspath(classifier_workdir)
-  checkpoints = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      create=True, enable_async_checkpointing=False))
-  result_path = os.path.join(directory, _RESULT_FILE)
-  if checkpoints.latest_step() is not None and os.path.exists(result_path):
+def default_directory(data_config, num_classes: int = 10) -> str:
+  """Where the classifier of a dataset is cached for every workdir: under the user's
+  cache directory ($XDG_CACHE_HOME, else ~/.cache), vae_jax/classifiers/<dataset>."""
+  cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(cache, "vae_jax", "classifiers", f"{data_config.name}_{num_classes}")
+
+
+def _restore(model, directory: str, seed: int):
+  with ocp.CheckpointManager(directory) as checkpoints:
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(seed),
                                                  jnp.zeros((1, 28, 28, 1)))["params"])
     params = checkpoints.restore(checkpoints.latest_step(),
                                  args=ocp.args.StandardRestore(abstract))
-    with open(result_path) as f:
-      accuracy = json.load(f)["test_accuracy"]
+  with open(os.path.join(directory, _RESULT_FILE)) as f:
+    return params, json.load(f)["test_accuracy"]
+
+
+def load_or_train(data_config, directory: str | None = None, num_classes: int = 10,
+                  seed: int = 0):
+  """(apply_fn, params, test_accuracy): from `directory` (default_directory when None),
+  else trained and cached there.
+
+  The cache is written whole or not at all: into a temporary folder beside it, renamed
+  into place when complete, so a kill mid-save leaves no half-written classifier and
+  concurrent runs (a sweep's shards) never read one.
+  """
+  model = Classifier(num_classes)
+  directory = os.path.abspath(directory or default_directory(data_config, num_classes))
+  if os.path.exists(os.path.join(directory, _RESULT_FILE)):
+    params, accuracy = _restore(model, directory, seed)
     logging.info("Loaded the label classifier from %s (test accuracy %.4f).", directory,
                  accuracy)
   else:
@@ -114,10 +132,20 @@ def load_or_train(data_config, classifier_workdir: str, num_classes: int = 10, s
       raise ValueError(f"{data_config.name} has no labels to train a classifier on.")
     params = _train(model, splits, seed)
     accuracy = _accuracy(model, params, splits["test"].images, splits["test"].labels)
-    checkpoints.save(0, args=ocp.args.StandardSave(params), force=True)
-    checkpoints.wait_until_finished()
-    with open(result_path, "w") as f:
+    staging = f"{directory}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    with ocp.CheckpointManager(staging, options=ocp.CheckpointManagerOptions(
+        create=True, enable_async_checkpointing=False)) as checkpoints:
+      checkpoints.save(0, args=ocp.args.StandardSave(params), force=True)
+      checkpoints.wait_until_finished()
+    with open(os.path.join(staging, _RESULT_FILE), "w") as f:
       json.dump({"dataset": data_config.name, "test_accuracy": accuracy}, f)
+    os.makedirs(os.path.dirname(directory), exist_ok=True)
+    try:
+      os.rename(staging, directory)
+    except OSError:  # Another process cached one first (or a stale folder is in the way).
+      shutil.rmtree(staging, ignore_errors=True)
+      if not os.path.exists(os.path.join(directory, _RESULT_FILE)):
+        raise
     logging.info("Label classifier test accuracy: %.4f.", accuracy)
-  checkpoints.close()
   return (lambda p, images: model.apply({"params": p}, images)), params, accuracy

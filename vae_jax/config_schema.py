@@ -161,13 +161,18 @@ def default_config() -> ml_collections.ConfigDict:
   # jax.random.key(binarization_seed), not from the run's seed, so runs with different
   # seeds or configs are scored on the same binarized images (as Burda et al.'s code).
   config.eval.binarization_seed = 0
-  # The test NLL also at the end of these epochs (e.g. the schedule's stage ends), with
-  # nll_samples_during_training samples; the end of training uses num_importance_samples.
+  # The test NLL also at the end of these epochs before the last (e.g. the schedule's
+  # stage ends), with nll_samples_during_training samples; the end of training has the
+  # final evaluation's, from num_importance_samples.
   config.eval.nll_at_epochs = ()
   config.eval.nll_samples_during_training = 1000
-  # Latent diagnostics (active units, mutual information) at every epoch end on the first
-  # this many examples of the validation split (else test); in full in eval.json. 0: off.
+  # Latent diagnostics (active units, mutual information) during training, on the first
+  # diagnostics_examples of the validation split (else test), every
+  # diagnostics_every_epochs epochs and at the nll_at_epochs (0: only at those); the final
+  # evaluation has them on the whole test split. diagnostics_examples=0: none during
+  # training.
   config.eval.diagnostics_examples = 1000
+  config.eval.diagnostics_every_epochs = 5
 
   config.figures = ml_collections.ConfigDict()
   config.figures.num_reconstructions = 10
@@ -233,6 +238,50 @@ def load_module(path: str):
   return module
 
 
+def parse_config_arg(arg, config_file: str, /, **spec) -> ml_collections.ConfigDict:
+  """A config file's `arg` ("objective=iwae,k=50,short") as options, after big_vision's
+  configs/common.py:parse_arg.
+
+  Here, not in configs/common.py: config files are executed by path (load_module,
+  config_flags), where `configs` need not be importable, and every config already imports
+  vae_jax.config_schema.
+
+  Args:
+    arg: the text after the config file's ':' (None or '' for none); comma-separated
+      `name=value` items, or a bare `name` for a flag.
+    config_file: the file's name for messages, e.g. "configs/iwae.py".
+    **spec: each option's name and default, whose type gives the value's: a bool is a
+      flag (bare: True; or =true/=false), an int or float is parsed as one, a str or
+      None (no default) keeps the text. The caller checks the allowed values.
+
+  Returns:
+    Every option of spec, as given or its default.
+  """
+  options = dict(spec)
+  for item in filter(None, (arg or "").split(",")):
+    name, _, text = item.partition("=")
+    if name not in spec:
+      raise ValueError(f"Unknown variant {config_file}:{arg}: no option {name!r}; known: "
+                       f"{', '.join(spec) or 'none'}.")
+    default = spec[name]
+    if isinstance(default, bool):
+      if text.lower() not in ("", "true", "false"):
+        raise ValueError(f"{config_file}: {name} is a flag: give it bare, or {name}=true or "
+                         f"{name}=false, not {item!r}.")
+      options[name] = text.lower() != "false"
+    elif not text:
+      raise ValueError(f"{config_file}: {name} needs a value ({name}=...).")
+    elif isinstance(default, (int, float)):
+      try:
+        options[name] = type(default)(text)
+      except ValueError:
+        raise ValueError(f"{config_file}: {name}={text!r} is not "
+                         f"{'an int' if isinstance(default, int) else 'a number'}.") from None
+    else:
+      options[name] = text
+  return ml_collections.ConfigDict(options)
+
+
 def load_file(path: str, arg=None) -> ml_collections.ConfigDict:
   """A config file's get_config(arg)."""
   if not os.path.isfile(path):
@@ -267,22 +316,17 @@ def load_json(path: str) -> ml_collections.ConfigDict:
   JSON has no tuples, so lists become tuples where the default is one.
   """
   with open(path) as f:
-    saved = json.load(f)
+    saved = traverse_util.flatten_dict(json.load(f), sep=".")
   config = default_config()
-
-  def update(node, values, prefix):
-    for key, value in values.items():
-      if key not in node:
-        raise ValueError(f"{path} has the key {prefix}{key}, which this version of vae_jax "
-                         "does not know; was it written by another version?")
-      if isinstance(node[key], ml_collections.ConfigDict):
-        update(node[key], value, f"{prefix}{key}.")
-      elif isinstance(node[key], tuple) and isinstance(value, list):
-        node[key] = tuple(value)
-      else:
-        node[key] = value
-
-  update(config, saved, "")
+  defaults = flat_items(config)
+  for key, value in saved.items():
+    # Checked here: unlocked, update_from_flattened_dict would add an unknown leaf.
+    if key not in defaults:
+      raise ValueError(f"{path} has the key {key}, which this version of vae_jax "
+                       "does not know; was it written by another version?")
+    if isinstance(defaults[key], tuple) and isinstance(value, list):
+      saved[key] = tuple(value)
+  config.update_from_flattened_dict(saved)
   config.lock()
   return config
 
@@ -328,7 +372,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.{key}={value!r} must be a positive integer.")
   for key in ("train.num_epochs", "train.num_steps", "data.validation_size",
               "eval.num_importance_samples", "eval.binarization_seed",
-              "eval.diagnostics_examples", "eval.nll_samples_during_training",
+              "eval.diagnostics_examples", "eval.diagnostics_every_epochs",
+              "eval.nll_samples_during_training",
               "checkpoint_every_steps",
               "figures.num_reconstructions", "figures.num_prior_samples",
               "figures.every_epochs", "figures.num_scatter_points",

@@ -224,9 +224,9 @@ def denoising_error(noise_stds, reconstruction_error, input_error=None,
   return fig
 
 
-_CURVE_PANELS = (("neg_elbo", "−ELBO"),
-                 ("reconstruction", "reconstruction (−E log p(x|z))"),
-                 ("kl", "KL(q(z|x) || p(z))"))
+_CURVE_PANELS = (("neg_elbo_nats", "−ELBO"),
+                 ("reconstruction_nats", "reconstruction (−E log p(x|z))"),
+                 ("kl_nats", "KL(q(z|x) || p(z))"))
 
 
 def training_curves(history) -> plt.Figure:

@@ -17,6 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae_jax import config_schema
+from vae_jax import parallel
+
 MANUAL_DIR_ENV = "VAE_JAX_MANUAL_DIR"
 # How long to wait for a download host before declaring the machine offline.
 _NETWORK_PROBE_TIMEOUT_SECONDS = 5.0
@@ -219,3 +222,34 @@ def to_model_input(image_uint8: jax.Array, binarization: str, rng: jax.Array) ->
   if binarization == "dynamic":
     return jax.random.bernoulli(rng, image).astype(jnp.float32)
   return image  # 'none' (grayscale) and 'static' (pixels already 0 or 1).
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceData:
+  """A group's data: host splits (for figures), device-resident train and eval splits."""
+  splits: dict
+  train: dict
+  eval: dict  # "validation" and/or "test", the non-empty ones.
+  steps_per_epoch: int
+  num_steps: int
+
+
+def load_device_data(config, mesh: jax.sharding.Mesh) -> DeviceData:
+  """Loads the dataset, puts it on every device of the mesh and counts the steps."""
+  num_devices = parallel.num_batch_shards(mesh)
+  if config.train.batch_size % num_devices:
+    raise ValueError(f"config.train.batch_size={config.train.batch_size} must be divisible "
+                     f"by the number of devices ({num_devices}).")
+  splits = load_splits(config.data)
+  replicated = parallel.replicated(mesh)
+  steps_per_epoch = splits["train"].num_examples // config.train.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"config.train.batch_size={config.train.batch_size} exceeds the "
+                     f"{splits['train'].num_examples} training examples.")
+  return DeviceData(
+      splits=splits, train=to_device(splits["train"], replicated),
+      eval={name: to_device(splits[name], replicated)
+            for name in ("validation", "test") if splits[name].num_examples},
+      steps_per_epoch=steps_per_epoch,
+      num_steps=(config.train.num_steps
+                 or config_schema.num_epochs(config) * steps_per_epoch))

@@ -119,7 +119,7 @@ def elbo_terms(model: nn.Module, variables, image: jax.Array, label, rng: jax.Ar
   (their sum, the bound in nats) and `loss`, what is minimized: reconstruction +
   kl_weight * kl for objective 'elbo' (with free_bits > 0, kl is free_bits_kl of its
   dimensions); for 'iwae' the negative IWAE bound -logmeanexp_j log w_j over the samples,
-  also returned as `neg_iwae_bound`. kl_weight and free_bits may be traced (a vmapped
+  also returned as `neg_iwae_bound_nats`. kl_weight and free_bits may be traced (a vmapped
   sweep gives each model its own).
   """
   eps = jax.random.normal(rng, (num_samples, model.noise_dim), image.dtype)
@@ -147,13 +147,13 @@ def elbo_terms_from_noise(model: nn.Module, variables, image: jax.Array, label,
     kl_penalty = jnp.where(free_bits > 0, free_bits_kl(outputs["kl_per_dim"], free_bits), kl)
   terms = {
       "loss": reconstruction + kl_weight * kl_penalty,
-      "neg_elbo": reconstruction + kl,
-      "reconstruction": reconstruction,
-      "kl": kl,
+      "neg_elbo_nats": reconstruction + kl,
+      "reconstruction_nats": reconstruction,
+      "kl_nats": kl,
   }
   if objective == "iwae":
     log_weights = log_px_z + outputs["log_prior"] - outputs["log_posterior"]
-    terms["neg_iwae_bound"] = terms["loss"] = -logmeanexp(log_weights)
+    terms["neg_iwae_bound_nats"] = terms["loss"] = -logmeanexp(log_weights)
   return terms
 
 
@@ -193,25 +193,22 @@ def loss_weights(config) -> dict[str, float]:
 
 
 def make_example_terms_fn(model: nn.Module, config, *, train: bool):
-  """fn(params, image_uint8, label, example_key[, weights]) -> elbo_terms for one example.
+  """fn(params, image_uint8, label, example_key, weights) -> elbo_terms for one example.
 
   The config is read here, once; the returned function is pure and meant to be vmapped
   over a batch with one key per example (derived from the example's global index, so the
   result does not depend on how the batch is split over devices). Dropout is on only
-  when `train`; evaluation is deterministic given the key. `weights` ({"kl_weight",
-  "free_bits"}, possibly traced) replaces loss_weights(config), e.g. during KL warm-up.
+  when `train`; evaluation is deterministic given the key. `weights` are the run's
+  {"kl_weight", "free_bits"} (loss_weights; possibly traced, e.g. during KL warm-up).
   `binarization_key` replaces the example key's binarization purpose (evaluators pass
-  one that does not depend on the run: evaluate.eval_binarization_keys).
+  one that does not depend on the run: evaluators.binarization_keys).
   """
   likelihood = config.model.likelihood
   binarization = config.data.binarization
   num_samples = config.loss.num_samples
   objective = config.loss.objective
-  default_weights = loss_weights(config)
 
-  def example_terms(params, image_uint8, label, example_key, weights=None,
-                    binarization_key=None):
-    weights = default_weights if weights is None else weights
+  def example_terms(params, image_uint8, label, example_key, weights, binarization_key=None):
     if binarization_key is None:
       binarization_key = jax.random.fold_in(example_key, PURPOSE_BINARIZATION)
     image = input_pipeline.to_model_input(image_uint8, binarization, binarization_key)

@@ -89,13 +89,15 @@ class Progress:
 
 
 class PhaseTimer:
-  """Wall time by phase of a run (data, compile, eval, figures, checkpoints; the rest of
-  the loop is training), logged and written to workdir/timings.json at the end.
+  """Wall time by phase of a run (data, compile, the evaluation at epoch ends and at the
+  end, figures, checkpoints; the rest of the loop is training), logged and written to
+  workdir/timings.json at the end.
 
-      with timer.phase("eval"):
+      with timer.phase("epoch_eval"):
         ...
   """
-  PHASES = ("imports", "data", "compile", "train", "eval", "figures", "checkpoints")
+  PHASES = ("imports", "data", "compile", "train", "epoch_eval", "final_eval", "figures",
+            "checkpoints")
 
   def __init__(self, imports_seconds: float | None = None):
     self._start = time.perf_counter()

@@ -43,7 +43,11 @@ VECTORIZABLE_KEYS = ("seed", "train.learning_rate", "loss.kl_weight",
 # Keys that shape the loop, which a group shares: its runs must agree on them.
 CADENCE_KEYS = ("train.log_every_steps", "checkpoint_every_steps",
                 "train.steps_per_dispatch", "train.num_epochs", "train.num_steps",
-                "figures.every_epochs")
+                "train.schedule_stages", "train.progress_every_seconds",
+                "figures.every_epochs", "eval.diagnostics_every_epochs", "eval.nll_at_epochs")
+# Keys each run of a group reads from its own config (prefixes; CADENCE_KEYS excepted).
+PER_RUN_KEYS = VECTORIZABLE_KEYS + ("eval.", "figures.", "checkpoints_to_keep",
+                                    "resume_mismatch")
 
 
 def step_hyperparameters(config) -> dict[str, float]:
@@ -229,14 +233,14 @@ def make_train_program(model: nn.Module, configs: list, mesh: jax.sharding.Mesh,
     batch = {name: jnp.take(array, indices, axis=0) for name, array in dataset.items()}
     return sharded_step(state, batch, rng)
 
-  def program(state, dataset, epoch_indices, rng, num_steps):
+  def train_program(state, dataset, epoch_indices, rng, num_steps):
     if num_steps == 1:
       state, metrics = one_step(state, dataset, epoch_indices, rng)
       return state, jax.tree.map(lambda value: value[None], metrics)
     return jax.lax.scan(lambda carry, _: one_step(carry, dataset, epoch_indices, rng),
                         state, length=num_steps)
 
-  return jax.jit(program, static_argnums=4, donate_argnums=0)
+  return jax.jit(train_program, static_argnums=4, donate_argnums=0)
 
 
 @jax.jit
@@ -272,6 +276,28 @@ def check_vectorizable(configs: list) -> None:
     if len(values) > 1:
       raise ValueError(f"Runs trained together need the same config.{key}; got "
                        f"{', '.join(sorted(values))}.")
+
+
+def shared_config(configs: list) -> ml_collections.ConfigDict:
+  """What a group may read from its first config: every key but PER_RUN_KEYS, which are
+  removed, so that reading one of them from the group's config (instead of the run's
+  own) fails at once rather than giving every run the first run's value."""
+  config = configs[0].copy_and_resolve_references()
+  config.unlock()
+  def per_run(key):  # Exact keys, and the sections named with a trailing dot.
+    return key not in CADENCE_KEYS and any(
+        key.startswith(entry) if entry.endswith(".") else key == entry
+        for entry in PER_RUN_KEYS)
+
+  for key in config_schema.flat_items(config):
+    if per_run(key):
+      *parents, leaf = key.split(".")
+      node = config
+      for parent in parents:
+        node = node[parent]
+      del node[leaf]
+  config.lock()
+  return config
 
 
 def stack(trees: list):

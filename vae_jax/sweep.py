@@ -19,7 +19,7 @@ jax.distributed processes: each shard is an ordinary single-host program.)
 
 Results (vae_jax/sweep_results.py): DIR/results.csv (a row per run), DIR/results.md
 (mean ± std over seeds, and each point's difference to a baseline point, --baseline,
-paired by seed with a bootstrap interval) and DIR/<metric>.png against the swept values;
+paired by seed with a 95% paired t interval) and DIR/<metric>.png against the swept values;
 --report=FOLDER also writes them into FOLDER/README.md, keeping the text written there by
 hand.
 """
@@ -157,8 +157,8 @@ def groups_for(runs: list[SweepRun], mode: str, max_models: int) -> list[list[Sw
   return groups
 
 
-def train_group(group: list[SweepRun]) -> None:
-  """Trains one program's runs and writes each one's result.json.
+def train_runs(group: list[SweepRun]) -> None:
+  """Trains one program's runs (train.train_group) and writes each one's result.json.
 
   wall_seconds is the program's time divided among its runs."""
   start = time.time()
@@ -204,7 +204,7 @@ def run_sweep(sweep_path: str, workdir: str, *, mode: str = "sequential",
     names = ", ".join(run.name for run in group)
     logging.info("Training %s.", names)
     try:
-      train_group(group)
+      train_runs(group)
     except (train.NonFiniteLossError, workdir_lib.ConfigMismatchError, ValueError) as error:
       # One bad run does not stop the sweep; it is reported and left unfinished.
       logging.error("Failed: %s: %s", names, error)

@@ -2,8 +2,11 @@
 
 `train_and_evaluate(config, workdir)` trains one run; `train_group(configs, workdirs)`
 trains K runs that differ only in steps.VECTORIZABLE_KEYS as one vmapped program (a
-`--mode=vectorized` sweep). Both are the same loop, so every run's workdir ends the same
-(vae_jax/workdir.py lists the files). The loop:
+`--mode=vectorized` sweep). Both are the same loop over a `Group`, which holds the device
+side (the train state, stacked for K runs; the program; the data; the evaluators), and
+one `RunRecord` per run, which reads that run's own config and owns its files, so every
+run's workdir ends the same as if it trained alone (vae_jax/workdir.py lists the files).
+The loop:
 
     dispatch steps -> record their metrics -> fetch and check them at log steps ->
     evaluate at epoch ends -> save -> draw figures -> stop on preemption
@@ -15,8 +18,6 @@ the parameters and metrics of an uninterrupted one.
 
 import dataclasses
 import os
-import signal
-import threading
 import time
 
 from absl import logging
@@ -25,13 +26,11 @@ from clu import parameter_overview
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
 from vae_jax import checkpoint
 from vae_jax import config_schema
-from vae_jax import evaluate
+from vae_jax import evaluators as evaluators_lib
 from vae_jax import input_pipeline
-from vae_jax import losses
 from vae_jax import models
 from vae_jax import parallel
 from vae_jax import progress
@@ -58,6 +57,8 @@ class Cadence:
   checkpoint_every_steps: int  # 0: at epoch ends (and the end, and SIGTERM) only.
   steps_per_dispatch: int
   figures_every_epochs: int  # 0: figures at the end only.
+  diagnostics_every_epochs: int  # 0: at the NLL epochs only.
+  nll_at_epochs: tuple[int, ...]
 
   @classmethod
   def from_config(cls, config, steps_per_epoch: int, num_steps: int) -> "Cadence":
@@ -65,7 +66,9 @@ class Cadence:
                log_every_steps=config.train.log_every_steps,
                checkpoint_every_steps=config.checkpoint_every_steps,
                steps_per_dispatch=config.train.steps_per_dispatch,
-               figures_every_epochs=config.figures.every_epochs)
+               figures_every_epochs=config.figures.every_epochs,
+               diagnostics_every_epochs=config.eval.diagnostics_every_epochs,
+               nll_at_epochs=tuple(config.eval.nll_at_epochs))
 
   def is_epoch_end(self, step: int) -> bool:
     return step % self.steps_per_epoch == 0 or step == self.num_steps
@@ -81,6 +84,22 @@ class Cadence:
     every = self.figures_every_epochs
     epochs, partial = divmod(step, self.steps_per_epoch)
     return bool(every) and not partial and epochs % every == 0 and 0 < step < self.num_steps
+
+  def _epoch_before_end(self, step: int) -> int | None:
+    """The epochs completed at `step` when it ends an epoch before the run's end (the
+    end has the final evaluation), else None."""
+    epochs, partial = divmod(step, self.steps_per_epoch)
+    return epochs if not partial and 0 < step < self.num_steps else None
+
+  def evaluates_nll(self, step: int) -> bool:
+    """The test NLL (eval.nll_samples_during_training) at an epoch of eval.nll_at_epochs."""
+    return self._epoch_before_end(step) in self.nll_at_epochs
+
+  def runs_diagnostics(self, step: int) -> bool:
+    """The latent diagnostics every diagnostics_every_epochs epochs and at the NLL epochs."""
+    epochs, every = self._epoch_before_end(step), self.diagnostics_every_epochs
+    return epochs is not None and (bool(every) and epochs % every == 0
+                                   or epochs in self.nll_at_epochs)
 
   def next_stop(self, step: int) -> int:
     """The first step after `step` where the host logs or saves (or the run ends)."""
@@ -118,7 +137,8 @@ def epoch_means(step_metrics: list[dict]) -> dict[str, float]:
   arrays so that metrics restored from a checkpoint's JSON give the same bits."""
   kept = [m for m in step_metrics if not m.get("skipped")]
   means = {name: float(np.mean(np.asarray([m[name] for m in kept], np.float32)))
-           if kept else float("nan") for name in ("neg_elbo", "reconstruction", "kl", "loss")}
+           if kept else float("nan")
+           for name in ("neg_elbo_nats", "reconstruction_nats", "kl_nats", "loss")}
   if step_metrics and "skipped" in step_metrics[0]:
     means["skipped_updates"] = len(step_metrics) - len(kept)
   return means
@@ -133,83 +153,130 @@ def interval_means(step_metrics: list[dict]) -> dict[str, float]:
   return interval
 
 
-class SigtermFlag:
-  """Records SIGTERM instead of dying, so the loop can save a checkpoint first.
+def _with_split(split: str, numbers: dict) -> dict:
+  """{'neg_elbo_nats': x} -> {'test_neg_elbo_nats': x}: a summary's names are the
+  evaluators' with the split in front."""
+  return {f"{split}_{name}": value for name, value in numbers.items()}
 
-  With several processes, JAX's preemption sync point (the coordination service relays
-  the signal) makes every process stop at the same step, which a collective save needs.
+
+class RunRecord:
+  """One run of a group: its config, keys and files, and what it has logged.
+
+  It reads only its own config and writes only its own workdir: the interval means
+  (train_interval/*), the epoch summaries (epoch_metrics.jsonl, TensorBoard, the log
+  line), its checkpoints, figures and eval.json.
   """
 
-  def __init__(self):
-    self.received = False
-    self._previous = None
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, label: str = ""):
+    self.config, self.workdir = config, workdir
+    self.label = label  # Prefixes its log lines when the group has several runs.
+    os.makedirs(workdir, exist_ok=True)
+    self.checkpointer = checkpoint.Checkpointer(workdir, config.checkpoints_to_keep)
+    workdir_lib.check_same_config(config, workdir, self.checkpointer.latest_step())
+    workdir_lib.write_config(workdir, config)
+    self.keys = steps.run_keys(config.seed)
+    self.writer = workdir_lib.open_writer(workdir)
+    self.history = []  # Per-epoch summaries, as epoch_metrics.jsonl holds them.
+    self.epoch_metrics = []  # The current epoch's per-step metrics (host floats).
+    self.final = {}  # The final evaluation's numbers, with the split in their names.
 
-  def __enter__(self):
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
+  def learning_rate(self, steps_per_epoch: int, step: int) -> float:
+    """The rate this run's optimizer applied at its step `step` (its own schedule)."""
+    return steps.learning_rate_at(self.config, steps_per_epoch, step - 1)
 
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.received = True
+  def restore(self, checkpoint_step: int | None, saved_progress: dict) -> None:
+    # The current epoch's per-step metrics: a checkpoint saved mid-epoch keeps them, so
+    # the epoch's means come out the same after a resume.
+    self.epoch_metrics = list(saved_progress.get("epoch_metrics", []))
+    # Epochs logged after the restored checkpoint (by a run killed before its next save)
+    # are dropped: the resumed run logs them again.
+    self.history = workdir_lib.read_history(self.workdir, up_to_step=checkpoint_step or 0)
+    workdir_lib.write_history(self.workdir, self.history)
 
-  def should_stop(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.received
+  def record_interval(self, fetched: list[dict], *, step: int, start_step: int,
+                      checkpoint_step, steps_per_sec: float, steps_per_epoch: int) -> float:
+    """Checks the steps since the last log for NaN, writes their means (train_interval/*)
+    and keeps them for the epoch's; returns their mean loss."""
+    try:
+      check_finite(fetched, start_step, checkpoint_step)
+    except NonFiniteLossError as error:
+      if self.label:
+        raise NonFiniteLossError(f"Run {self.workdir}: {error}") from None
+      raise
+    interval = interval_means(fetched)
+    interval.update(steps_per_sec=steps_per_sec,
+                    learning_rate=self.learning_rate(steps_per_epoch, step))
+    self.writer.write_scalars(step, {f"train_interval/{name}": value
+                                     for name, value in interval.items()})
+    self.epoch_metrics.extend(fetched)
+    return interval["loss"]
 
-  def __exit__(self, *exc_info):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+  def end_epoch(self, step: int, steps_per_epoch: int, evaluations: dict) -> None:
+    """The epoch's summary: its train means and `evaluations` (names with their split),
+    to TensorBoard, epoch_metrics.jsonl and the log."""
+    train_means = epoch_means(self.epoch_metrics)
+    self.epoch_metrics = []
+    summary = {**_with_split("train", train_means), **evaluations,
+               "epoch": round(step / steps_per_epoch, 3)}
+    self.writer.write_scalars(step, workdir_lib.tensorboard_scalars(
+        {**summary, "train_learning_rate": self.learning_rate(steps_per_epoch, step)}))
+    summary["step"] = step
+    self.history.append(summary)
+    workdir_lib.write_history(self.workdir, self.history)
+    skipped = train_means.get("skipped_updates")
+    logging.info("%sepoch %g (step %d): train -ELBO %.2f (reconstruction %.2f, KL %.2f); "
+                 "test -ELBO %.2f nats%s", self.label, summary["epoch"], step,
+                 summary["train_neg_elbo_nats"], summary["train_reconstruction_nats"],
+                 summary["train_kl_nats"], summary.get("test_neg_elbo_nats", float("nan")),
+                 f"; {skipped} updates skipped" if skipped else "")
 
+  def save(self, step: int, state) -> None:
+    logged = self.history[-1] if self.history else {}
+    # At an epoch's end: ranked by its validation -ELBO, the best one is kept.
+    validation = (logged.get(checkpoint.BEST_METRIC) if logged.get("step") == step
+                  else None)
+    self.checkpointer.save(step, state, {"epoch_metrics": self.epoch_metrics},
+                           validation_neg_elbo_nats=validation)
 
-@dataclasses.dataclass(frozen=True)
-class DeviceData:
-  """A run's data: host splits (for figures), device-resident train and eval splits."""
-  splits: dict
-  train: dict
-  eval: dict  # "validation" and/or "test", the non-empty ones.
-  steps_per_epoch: int
-  num_steps: int
+  def draw_figures(self, model, params, test_split, step: int, *, final: bool) -> None:
+    """The cheap figures (TensorBoard only) during training; every figure at the end,
+    unless this run's config.figures.final is off."""
+    if final and not self.config.figures.final:
+      return
+    named = visualize.make_figures(model, params, self.config, test_split,
+                                   self.keys["figures"], history=self.history if final else None,
+                                   cheap_only=not final)
+    paths = workdir_lib.write_figures(self.workdir, self.writer, step, named, save_png=final)
+    if final:
+      logging.info("Wrote %d figures to %s/figures.", len(paths), self.workdir)
 
+  def write_final(self, step: int, result: dict) -> None:
+    """The final evaluation (evaluators.final_result's dict): logged, into eval.json,
+    TensorBoard and figures, and its numbers into the run's summary."""
+    logging.info("%s%s", self.label, evaluators_lib.format_result(result))
+    self.final = _with_split(result["split"], evaluators_lib.summary_numbers(result))
+    self.writer.write_scalars(step, workdir_lib.tensorboard_scalars(self.final))
+    workdir_lib.write_eval(self.workdir, result)
+    if workdir_lib.is_writer():
+      workdir_lib.write_figures(self.workdir, self.writer, step,
+                                visualize.result_figures(result))
 
-def load_device_data(config, mesh: jax.sharding.Mesh) -> DeviceData:
-  """Loads the dataset, puts it on every device of the mesh and counts the steps."""
-  num_devices = parallel.num_batch_shards(mesh)
-  if config.train.batch_size % num_devices:
-    raise ValueError(f"config.train.batch_size={config.train.batch_size} must be divisible "
-                     f"by the number of devices ({num_devices}).")
-  splits = input_pipeline.load_splits(config.data)
-  replicated = parallel.replicated(mesh)
-  steps_per_epoch = splits["train"].num_examples // config.train.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"config.train.batch_size={config.train.batch_size} exceeds the "
-                     f"{splits['train'].num_examples} training examples.")
-  return DeviceData(
-      splits=splits, train=input_pipeline.to_device(splits["train"], replicated),
-      eval={name: input_pipeline.to_device(splits[name], replicated)
-            for name in ("validation", "test") if splits[name].num_examples},
-      steps_per_epoch=steps_per_epoch,
-      num_steps=(config.train.num_steps
-                 or config_schema.num_epochs(config) * steps_per_epoch))
+  def summary(self) -> dict:
+    """The last epoch's summary, with the final evaluation's numbers."""
+    return {**(self.history[-1] if self.history else {}), **self.final}
 
-
-@dataclasses.dataclass
-class Member:
-  """One run of a group: its config, keys, files and what it has logged."""
-  config: ml_collections.ConfigDict
-  workdir: str
-  keys: dict
-  checkpointer: checkpoint.Checkpointer
-  writer: metric_writers.MetricWriter
-  history: list  # Per-epoch summaries, as epoch_metrics.jsonl holds them.
-  epoch_metrics: list  # The current epoch's per-step metrics (host floats).
-  final: dict = dataclasses.field(default_factory=dict)  # The final test evaluation's.
+  def close(self) -> None:
+    self.checkpointer.close()
 
 
 class Group:
-  """The state of the loop over K >= 1 runs trained by one program: the train state
-  (stacked when K > 1), the step, the metrics not yet fetched, and the members."""
+  """The device side of K >= 1 runs trained by one program: the train state (stacked
+  when K > 1), the program, the data, the evaluators and the step; `records` are the runs.
+
+  The rule: the group reads from its runs' first config only what shapes the program or
+  the cadence (steps.shared_config: the other keys are not there to read); everything
+  else comes from each run's own config, through its record.
+  """
 
   def __init__(self, configs: list, workdirs: list[str], timer: progress.PhaseTimer):
     if len(configs) != len(workdirs) or not configs:
@@ -217,76 +284,65 @@ class Group:
     for config in configs:
       config_schema.validate(config)
     steps.check_vectorizable(configs)
-    self.config = configs[0]  # Every key that shapes the program or the loop is shared.
+    self.config = steps.shared_config(configs)
     self.timer = timer
-    self.members = []
-    for config, workdir in zip(configs, workdirs):
-      os.makedirs(workdir, exist_ok=True)
-      checkpointer = checkpoint.Checkpointer(workdir, config.checkpoints_to_keep)
-      workdir_lib.check_same_config(config, workdir, checkpointer.latest_step())
-      workdir_lib.write_config(workdir, config)
-      self.members.append(Member(config=config, workdir=workdir,
-                                 keys=steps.run_keys(config.seed), checkpointer=checkpointer,
-                                 writer=workdir_lib.open_writer(workdir), history=[],
-                                 epoch_metrics=[]))
+    self.records = [RunRecord(config, workdir, f"{workdir}: " if len(configs) > 1 else "")
+                    for config, workdir in zip(configs, workdirs)]
     self.mesh = parallel.make_mesh()
     with timer.phase("data"):
-      self.data = load_device_data(self.config, self.mesh)
+      self.data = input_pipeline.load_device_data(self.config, self.mesh)
     self.cadence = Cadence.from_config(self.config, self.data.steps_per_epoch,
                                        self.data.num_steps)
     self.model = models.get_model(self.config.model, self.config.dtype)
     with timer.phase("checkpoints"):
       self.restore()
-    for member in self.members:  # After restore: the step it resumes from is settled.
-      workdir_lib.record_manifest(member.workdir, member.config, self.checkpoint_step)
+    for record in self.records:  # After restore: the step it resumes from is settled.
+      workdir_lib.record_manifest(record.workdir, record.config, self.checkpoint_step)
     self.program = steps.make_train_program(self.model, configs, self.mesh,
                                             self.data.steps_per_epoch)
     self.compiled_sizes = set()
     self.rng_train = self._stacked_keys("train")
     self.rng_shuffle = self._stacked_keys("shuffle")
     num_train = self.data.splits["train"].num_examples
+    batch_size = self.config.train.batch_size
 
     def batch_indices(rng_shuffle, epoch):
       def one_run(rng):
-        return input_pipeline.epoch_batch_indices(rng, epoch, num_train,
-                                                  self.config.train.batch_size)
+        return input_pipeline.epoch_batch_indices(rng, epoch, num_train, batch_size)
       return jax.vmap(one_run)(rng_shuffle) if self.vectorized else one_run(rng_shuffle)
 
     self._batch_indices = jax.jit(batch_indices)
     self._indices = (None, None)  # (epoch, its batch indices)
-    self.evaluate_elbo = evaluate.make_elbo_evaluator(self.model, self.config, self.mesh)
-    self.evaluate_latents = evaluate.make_latent_evaluator(self.model, self.config, self.mesh)
-    self.evaluate_nll = evaluate.make_nll_evaluator(
-        self.model, self.config, self.mesh,
-        num_importance_samples=self.config.eval.nll_samples_during_training)
+    # Once per group: every run's evaluations, during training and at the end, share them.
+    self.evaluators = evaluators_lib.Evaluators(self.model, self.config, self.mesh)
     self.pending = []  # Dispatched steps' metrics, on the device.
     self.interval_start = (time.time(), self.step)
 
   @property
   def vectorized(self) -> bool:
-    return len(self.members) > 1
+    return len(self.records) > 1
 
   def _stacked_keys(self, purpose: str) -> jax.Array:
-    keys = [member.keys[purpose] for member in self.members]
+    keys = [record.keys[purpose] for record in self.records]
     return keys[0] if not self.vectorized else parallel.replicate(steps.stack(keys), self.mesh)
 
   def params(self, index: int):
-    """Member `index`'s parameters (on the devices)."""
+    """Run `index`'s parameters (on the devices)."""
     params = self.state.params
     return steps.unstack(params, index) if self.vectorized else params
 
   def restore(self) -> None:
-    """Each member's state, metrics and history at the latest step all members saved."""
+    """Each run's state, metrics and history at the latest step all runs saved."""
     initial = [parallel.replicate(steps.create_train_state(
-        self.model, member.config, member.keys["init"], self.data.steps_per_epoch),
-        self.mesh) for member in self.members]
-    latest = [member.checkpointer.latest_step() for member in self.members]
+        self.model, record.config, record.keys["init"], self.data.steps_per_epoch),
+        self.mesh) for record in self.records]
+    latest = [record.checkpointer.latest_step() for record in self.records]
     restored = [(state, {}, None) for state in initial]
     if all(step is not None for step in latest):
-      restored = [member.checkpointer.restore_latest(state, max_step=min(latest))
-                  for member, state in zip(self.members, initial)]
+      restored = [record.checkpointer.restore_latest(state, max_step=min(latest))
+                  for record, state in zip(self.records, initial)]
     elif any(step is not None for step in latest):
-      saved = [m.workdir for m, step in zip(self.members, latest) if step is not None]
+      saved = [r.workdir for r, step in zip(self.records, latest) if step is not None]
       raise ValueError(
           f"Some runs of this group have checkpoints ({', '.join(saved)}) and others none: "
           "they were not trained together. Move those workdirs away, or train the runs "
@@ -301,14 +357,8 @@ class Group:
     self.state = (states[0] if not self.vectorized
                   else parallel.replicate(steps.stack_states(states), self.mesh))
     self.step = self.checkpoint_step or 0
-    for member, (_, saved_progress, _) in zip(self.members, restored):
-      # The current epoch's per-step metrics: a checkpoint saved mid-epoch keeps them,
-      # so the epoch's means come out the same after a resume.
-      member.epoch_metrics = list(saved_progress.get("epoch_metrics", []))
-      # Epochs logged after the restored checkpoint (by a run killed before its next
-      # save) are dropped: the resumed run logs them again.
-      member.history = workdir_lib.read_history(member.workdir, up_to_step=self.step)
-      workdir_lib.write_history(member.workdir, member.history)
+    for record, (_, saved_progress, _) in zip(self.records, restored):
+      record.restore(self.checkpoint_step, saved_progress)
 
   def epoch_indices(self, epoch: int) -> jax.Array:
     if self._indices[0] != epoch:
@@ -330,110 +380,73 @@ class Group:
     self.pending.append(metrics)
     self.step += count
 
-  def fetch_metrics(self) -> None:
-    """Brings the pending steps' metrics to the host (one transfer), checks them for NaN
-    and writes the interval's means (train_interval/*) and steps/s."""
-    if not self.pending:
-      return
+  def fetch(self) -> list[list[dict]]:
+    """The pending steps' metrics on the host (one transfer): per run, one dict per step."""
     host_metrics = jax.device_get(self.pending)
     self.pending = []
+
+    def run_metrics(index):
+      def value(values, i):
+        return float(values[i, index] if self.vectorized else values[i])
+      return [{name: value(values, i) for name, values in stacked.items()}
+              for stacked in host_metrics for i in range(len(stacked["loss"]))]
+
+    return [run_metrics(index) for index in range(len(self.records))]
+
+  def fetch_metrics(self) -> None:
+    """Brings the pending steps' metrics to the host, and each run records them (NaN
+    check, train_interval/*); logs the interval's losses and steps/s."""
+    if not self.pending:
+      return
     start_time, start_step = self.interval_start
     steps_per_sec = (self.step - start_step) / max(time.time() - start_time, 1e-9)
-    learning_rate = steps.learning_rate_at(self.config, self.cadence.steps_per_epoch,
-                                           self.step - 1)
-    losses_logged = []
-    for index, member in enumerate(self.members):
-      def value(values, i, index=index):
-        return float(values[i, index] if self.vectorized else values[i])
-      fetched = [{name: value(values, i) for name, values in stacked.items()}
-                 for stacked in host_metrics for i in range(len(stacked["loss"]))]
-      try:
-        check_finite(fetched, start_step, self.checkpoint_step)
-      except NonFiniteLossError as error:
-        if self.vectorized:
-          raise NonFiniteLossError(f"Run {member.workdir}: {error}") from None
-        raise
-      interval = interval_means(fetched)
-      losses_logged.append(f"{interval['loss']:.2f}")
-      interval.update(steps_per_sec=steps_per_sec, learning_rate=learning_rate)
-      member.writer.write_scalars(self.step, {f"train_interval/{name}": v
-                                              for name, v in interval.items()})
-      member.epoch_metrics.extend(fetched)
+    losses_logged = [
+        record.record_interval(fetched, step=self.step, start_step=start_step,
+                               checkpoint_step=self.checkpoint_step,
+                               steps_per_sec=steps_per_sec,
+                               steps_per_epoch=self.cadence.steps_per_epoch)
+        for record, fetched in zip(self.records, self.fetch())]
     logging.info("step %d/%d: loss %s, %.1f steps/s", self.step, self.cadence.num_steps,
-                 ", ".join(losses_logged),
-                 steps_per_sec)
+                 ", ".join(f"{loss:.2f}" for loss in losses_logged), steps_per_sec)
     self.interval_start = (time.time(), self.step)
 
+  def epoch_evaluations(self, index: int) -> dict[str, float]:
+    """Run `index`'s evaluations at this epoch's end, as its own config sets them, with
+    the split in their names: the −ELBO of every evaluation split, and as the cadence
+    says, the latent diagnostics and the test NLL."""
+    record, params = self.records[index], self.params(index)
+    config, rng = record.config, record.keys["eval"]
+    results = {}
+    for split, split_data in self.data.eval.items():
+      results.update(_with_split(split, self.evaluators.neg_elbo(params, split_data, rng,
+                                                                 config)))
+    # Cheap next to the epoch, unlike the final evaluation's whole test split.
+    split = next(name for name in ("validation", "test") if name in self.data.eval)
+    num_examples = min(config.eval.diagnostics_examples,
+                       self.data.eval[split]["image"].shape[0])
+    if num_examples and self.cadence.runs_diagnostics(self.step):
+      latents = self.evaluators.latents(params, self.data.eval[split], rng, config,
+                                        num_examples)
+      results.update(_with_split(split, evaluators_lib.summary_numbers(latents)))
+    if self.cadence.evaluates_nll(self.step) and "test" in self.data.eval:
+      num_samples = config.eval.nll_samples_during_training
+      nll = self.evaluators.nll(params, self.data.eval["test"], rng, config, num_samples)
+      logging.info("%sepoch %d: test NLL %.2f ± %.2f nats (k = %d)", record.label,
+                   self.step // self.cadence.steps_per_epoch, nll["nll_nats"],
+                   nll["nll_stderr"], num_samples)
+      results.update(test_nll_nats=nll["nll_nats"], test_nll_stderr=nll["nll_stderr"],
+                     test_nll_num_samples=num_samples)
+    return results
+
   def log_epoch(self) -> None:
-    """Each member's epoch means and its -ELBO on the evaluation splits: TensorBoard,
-    epoch_metrics.jsonl and the log."""
-    epoch = round(self.step / self.cadence.steps_per_epoch, 3)
-    learning_rate = steps.learning_rate_at(self.config, self.cadence.steps_per_epoch,
-                                           self.step - 1)
-    with self.timer.phase("eval"):
-      for index, member in enumerate(self.members):
-        train_means = epoch_means(member.epoch_metrics)
-        member.epoch_metrics = []
-        summary = {f"train_{name}": value for name, value in train_means.items()}
-        for split, split_data in self.data.eval.items():
-          for name, value in self.evaluate_elbo(self.params(index), split_data,
-                                                member.keys["eval"],
-                                                losses.loss_weights(member.config)).items():
-            summary[f"{split}_{name}"] = value
-        summary.update(self.latent_summary(index, member))
-        summary.update(self.nll_summary(index, member))
-        summary["epoch"] = epoch
-        member.writer.write_scalars(self.step, workdir_lib.tensorboard_scalars(
-            {**summary, "train_learning_rate": learning_rate}))
-        summary["step"] = self.step
-        member.history.append(summary)
-        workdir_lib.write_history(member.workdir, member.history)
-        logging.info("%sepoch %g (step %d): train -ELBO %.2f (reconstruction %.2f, KL %.2f); "
-                     "test -ELBO %.2f nats%s",
-                     f"{member.workdir}: " if self.vectorized else "", epoch, self.step,
-                     summary["train_neg_elbo"], summary["train_reconstruction"],
-                     summary["train_kl"], summary.get("test_neg_elbo", float("nan")),
-                     f"; {train_means['skipped_updates']} updates skipped"
-                     if train_means.get("skipped_updates") else "")
-
-  def latent_summary(self, index: int, member: Member) -> dict[str, float]:
-    """Active units and the KL's split into I(x; z) + KL(q(z) || p(z)) on the first
-    config.eval.diagnostics_examples of the validation split (else test), for the epoch's
-    summary: cheap next to the epoch, unlike eval.json's whole test split."""
-    num_examples = self.config.eval.diagnostics_examples
-    split = next((name for name in ("validation", "test") if name in self.data.eval), None)
-    if not num_examples or split is None:
-      return {}
-    split_data = self.data.eval[split]
-    result = self.evaluate_latents(self.params(index), split_data, member.keys["eval"],
-                                   min(num_examples, split_data["image"].shape[0]))
-    summary = {f"{split}_active_units": result["active_units"],
-               f"{split}_mutual_information": result["mutual_information_nats"],
-               f"{split}_marginal_kl": result["marginal_kl_nats"]}
-    if len(result["latent_layers"]) > 1:
-      summary.update({f"{split}_active_units_z{layer['layer']}": layer["active_units"]
-                      for layer in result["latent_layers"]})
-    return summary
-
-  def nll_summary(self, index: int, member: Member) -> dict[str, float]:
-    """The test NLL at the end of an epoch in config.eval.nll_at_epochs (e.g. the
-    schedule's stage ends), from eval.nll_samples_during_training samples; not at the
-    end of training when the final evaluation computes it anyway."""
-    epochs, partial = divmod(self.step, self.cadence.steps_per_epoch)
-    final_nll = (self.step == self.cadence.num_steps
-                 and self.config.eval.num_importance_samples > 0)
-    if (partial or epochs not in self.config.eval.nll_at_epochs or final_nll
-        or "test" not in self.data.eval):
-      return {}
-    result = self.evaluate_nll(self.params(index), self.data.eval["test"], member.keys["eval"])
-    logging.info("%sepoch %d: test NLL %.2f ± %.2f nats (k = %d)",
-                 f"{member.workdir}: " if self.vectorized else "", epochs, result["nll_nats"],
-                 result["nll_stderr"], self.config.eval.nll_samples_during_training)
-    return {"test_nll": result["nll_nats"], "test_nll_stderr": result["nll_stderr"],
-            "test_nll_num_samples": self.config.eval.nll_samples_during_training}
+    """Each run's epoch summary: its train means and epoch_evaluations."""
+    with self.timer.phase("epoch_eval"):
+      for index, record in enumerate(self.records):
+        record.end_epoch(self.step, self.cadence.steps_per_epoch,
+                         self.epoch_evaluations(index))
 
   def save(self) -> None:
-    """A checkpoint of every member at this step, its metrics and parameters checked."""
+    """A checkpoint of every run at this step, its metrics and parameters checked."""
     self.fetch_metrics()  # Never saves a state whose metrics were not checked.
     if not self.config.train.skip_nonfinite_updates and not bool(
         steps.all_finite(self.state.params)):
@@ -444,73 +457,36 @@ class Group:
           "config.train.skip_nonfinite_updates=True to skip such updates; the last "
           f"checkpoint (step {self.checkpoint_step}) was left in place.")
     with self.timer.phase("checkpoints"):
-      for index, member in enumerate(self.members):
-        state = steps.unstack(self.state, index) if self.vectorized else self.state
-        logged = member.history[-1] if member.history else {}
-        # At an epoch's end: ranked by its validation -ELBO, the best one is kept.
-        validation = (logged.get("validation_neg_elbo") if logged.get("step") == self.step
-                      else None)
-        member.checkpointer.save(self.step, state, {"epoch_metrics": member.epoch_metrics},
-                                 validation_neg_elbo=validation)
+      for index, record in enumerate(self.records):
+        record.save(self.step,
+                    steps.unstack(self.state, index) if self.vectorized else self.state)
     self.checkpoint_step = self.step
 
   def draw_figures(self, *, final: bool) -> None:
-    """The cheap figures (TensorBoard only) during training; every figure at the end.
-    Process 0 draws alone, from host parameters, on its own device."""
+    """Process 0 draws alone, from host parameters, on its own device."""
     if not workdir_lib.is_writer():
       return
     with self.timer.phase("figures"):
-      for index, member in enumerate(self.members):
-        named = visualize.make_figures(
-            self.model, jax.device_get(self.params(index)), member.config,
-            self.data.splits["test"], member.keys["figures"],
-            history=member.history if final else None, cheap_only=not final)
-        paths = workdir_lib.write_figures(member.workdir, member.writer, self.step, named,
-                                          save_png=final)
-        if final:
-          logging.info("Wrote %d figures to %s/figures.", len(paths), member.workdir)
+      for index, record in enumerate(self.records):
+        record.draw_figures(self.model, jax.device_get(self.params(index)),
+                            self.data.splits["test"], self.step, final=final)
 
   def evaluate_final(self) -> None:
-    """The test split's -ELBO, latent diagnostics and (when
-    config.eval.num_importance_samples > 0) NLL: logged, written to eval.json and
-    TensorBoard, the NLL and diagnostics added to the run's summary."""
-    num_samples = self.config.eval.num_importance_samples
+    """Each run's final evaluation of the test split, from the group's evaluators (so
+    each program compiles once for all runs) with the run's own eval.* settings."""
     if "test" not in self.data.eval:
       return
-    with self.timer.phase("eval"):
-      for index, member in enumerate(self.members):
-        result = evaluate.evaluate_params(
-            self.model, self.params(index), member.config, self.data.eval["test"],
-            self.mesh, member.keys["eval"], num_importance_samples=num_samples)
-        result.update(split="test", step=self.step, checkpoint="latest", weights="raw")
-        during = [{"epoch": entry["epoch"], "step": entry["step"], "nll_nats": entry["test_nll"],
-                   "nll_stderr": entry["test_nll_stderr"],
-                   "num_importance_samples": entry["test_nll_num_samples"]}
-                  for entry in member.history if "test_nll" in entry]
-        if during:  # The NLLs of config.eval.nll_at_epochs, for curves.
-          result["nll_during_training"] = during
-        logging.info("%s", evaluate.format_result(result))
-        # The whole test split's diagnostics replace the epoch's on a subset.
-        member.final = {"test_active_units": result["active_units"],
-                        "test_mutual_information": result["mutual_information_nats"],
-                        "test_marginal_kl": result["marginal_kl_nats"]}
-        if num_samples:
-          member.writer.write_scalars(self.step, {"test/nll": result["nll_nats"]})
-          member.final.update(test_nll_nats=result["nll_nats"],
-                              test_nll_stderr=result["nll_stderr"])
-        workdir_lib.write_json(member.workdir, workdir_lib.EVAL_FILE, result)
-        if workdir_lib.is_writer():
-          workdir_lib.write_figures(member.workdir, member.writer, self.step,
-                                    evaluate.result_figures(result))
-
-  def summaries(self) -> list[dict]:
-    """Each member's last epoch summary (with the NLL when evaluated)."""
-    return [{**(member.history[-1] if member.history else {}), **member.final}
-            for member in self.members]
+    with self.timer.phase("final_eval"):
+      for index, record in enumerate(self.records):
+        record.write_final(self.step, evaluators_lib.final_result(
+            self.evaluators, self.params(index), self.data.eval["test"],
+            record.keys["eval"], record.config,
+            num_importance_samples=record.config.eval.num_importance_samples,
+            history=record.history, step=self.step, checkpoint="latest", weights="raw"))
 
   def close(self) -> None:
-    for member in self.members:
-      member.checkpointer.close()
+    for record in self.records:
+      record.close()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -543,8 +519,8 @@ def train_group(configs: list, workdirs: list[str],
                  f"{len(configs)} runs " if group.vectorized else "", start_step,
                  cadence.num_steps, start_step / cadence.steps_per_epoch)
   else:
-    for member in group.members:
-      workdir_lib.write_hparams(member.writer, member.config)
+    for record in group.records:
+      workdir_lib.write_hparams(record.writer, record.config)
     parameter_overview.log_parameter_overview(group.params(0), msg="Parameters of one run:")
   reporter = progress.Progress(
       total_steps=cadence.num_steps, steps_per_epoch=cadence.steps_per_epoch,
@@ -553,8 +529,8 @@ def train_group(configs: list, workdirs: list[str],
       draw_bar=None if workdir_lib.is_writer() else False)
 
   try:
-    with SigtermFlag() as sigterm, metric_writers.ensure_flushes(
-        *[member.writer for member in group.members]):
+    with checkpoint.SigtermFlag() as sigterm, metric_writers.ensure_flushes(
+        *[record.writer for record in group.records]):
       while group.step < cadence.num_steps:
         group.dispatch(cadence.dispatch_size(group.step))
         step = group.step
@@ -576,18 +552,17 @@ def train_group(configs: list, workdirs: list[str],
           group.save()
           raise PreemptedError(
               f"Received SIGTERM: saved a checkpoint of step {step} of {cadence.num_steps} "
-              f"to {group.members[0].checkpointer.step_path(step)}"
+              f"to {group.records[0].checkpointer.step_path(step)}"
               + (f" (and of the group's {len(configs) - 1} other runs)"
                  if group.vectorized else "")
               + ". Run the same command again to resume.")
 
       group.evaluate_final()
-      if config.figures.final:
-        group.draw_figures(final=True)
+      group.draw_figures(final=True)
   finally:
     group.close()
   seconds = timer.finish()
   logging.info("%s", progress.PhaseTimer.format(seconds))
-  for member in group.members:
-    workdir_lib.write_json(member.workdir, workdir_lib.TIMINGS_FILE, seconds)
-  return group.summaries()
+  for record in group.records:
+    workdir_lib.write_json(record.workdir, workdir_lib.TIMINGS_FILE, seconds)
+  return [record.summary() for record in group.records]

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae_jax import evaluators
 from vae_jax import figures
 from vae_jax import input_pipeline
 from vae_jax import losses
@@ -275,3 +276,35 @@ def _posterior_means(model, params, config, split, rng) -> np.ndarray:
         jax.random.fold_in(rng, int(indices[0])), binarization=config.data.binarization)
     means.append(np.asarray(batch_means)[:count])
   return np.concatenate(means)
+
+
+# Figures of an evaluation result (evaluators.final_result's dict).
+
+
+def nll_figure(result: dict):
+  """nll_vs_k.png's figure from a result with the prefix estimates."""
+  by_k = result["nll_by_num_samples"]
+  return figures.nll_vs_k([e["k"] for e in by_k], [e["nll_nats"] for e in by_k],
+                          [e["nll_stderr"] for e in by_k],
+                          title=f"{result.get('split', 'test')} NLL against k")
+
+
+def latent_figure(result: dict):
+  """kl_per_dimension.png's figure from a result with latent_diagnostics."""
+  return figures.kl_per_dimension(
+      [layer["kl_per_dim"] for layer in result["latent_layers"]],
+      [layer["activity"] for layer in result["latent_layers"]],
+      threshold=evaluators.ACTIVITY_THRESHOLD,
+      title=f"{result.get('split', 'test')} KL per latent dimension")
+
+
+def result_figures(result: dict) -> dict:
+  """The figures of an evaluation result, by name: nll_vs_k and kl_per_dimension (for a
+  split other than test, with the split's name after theirs)."""
+  suffix = "" if result.get("split", "test") == "test" else f"_{result['split']}"
+  named = {}
+  if "nll_by_num_samples" in result:
+    named[f"nll_vs_k{suffix}"] = nll_figure(result)
+  if "latent_layers" in result:
+    named[f"kl_per_dimension{suffix}"] = latent_figure(result)
+  return named

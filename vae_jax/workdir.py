@@ -7,7 +7,8 @@
                          versions logs a warning naming what changed
     checkpoints/<step>/  orbax checkpoints (vae_jax/checkpoint.py)
     epoch_metrics.jsonl  one JSON object per logged epoch
-    eval.json            the final evaluation (-ELBO, NLL, ...)
+    eval.json            the test split's final evaluation (-ELBO, NLL, latent diagnostics,
+                         ...; vae_jax/evaluators.py); eval_<split>.json for another split
     timings.json         wall time by phase
     figures/<name>.png   figures, also written to TensorBoard as images
     events.out.tfevents.*  TensorBoard scalars (train/..., validation/..., test/...,
@@ -51,6 +52,11 @@ MANIFEST_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "clu"
 _GIT_TIMEOUT_SECONDS = 10
 # Summary keys start with their split; TensorBoard groups tags by the part before "/".
 _SPLIT_PREFIXES = ("train_", "validation_", "test_")
+# epoch_metrics.jsonl's names before every layer used the evaluators' (runs written then
+# still resume and plot): old name -> name, after the split prefix.
+_LEGACY_SUMMARY_NAMES = {"neg_elbo": "neg_elbo_nats", "reconstruction": "reconstruction_nats",
+                         "kl": "kl_nats", "mutual_information": "mutual_information_nats",
+                         "marginal_kl": "marginal_kl_nats", "nll": "nll_nats"}
 
 
 class ConfigMismatchError(ValueError):
@@ -74,6 +80,30 @@ def write_json(workdir: str, name: str, value) -> str:
   if is_writer():
     write_atomically(path, json.dumps(value, indent=2, default=str))
   return path
+
+
+def eval_file(split: str) -> str:
+  """The file of a split's final evaluation: eval.json for test, eval_<split>.json else."""
+  return EVAL_FILE if split == "test" else f"eval_{split}.json"
+
+
+def read_eval(workdir: str, split: str = "test") -> dict | None:
+  path = os.path.join(workdir, eval_file(split))
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_eval(workdir: str, result: dict) -> str:
+  """Writes an evaluation (evaluators.final_result's dict) to its split's file and returns
+  the path. Merges: what the file holds for the same parameters (step and weights) and
+  this result does not recompute is kept (e.g. the sample quality of an earlier
+  `python -m vae_jax.evaluate`); a file of other parameters is replaced."""
+  previous = read_eval(workdir, result["split"]) if is_writer() else None
+  if previous and all(previous.get(key) == result.get(key) for key in ("step", "weights")):
+    result = {**previous, **result}
+  return write_json(workdir, eval_file(result["split"]), result)
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -247,8 +277,16 @@ def read_history(workdir: str, up_to_step: int | None = None) -> list[dict]:
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    history = [json.loads(line) for line in f if line.strip()]
+    history = [_current_names(json.loads(line)) for line in f if line.strip()]
   return [h for h in history if up_to_step is None or h["step"] <= up_to_step]
+
+
+def _current_names(entry: dict) -> dict:
+  renamed = {}
+  for name, value in entry.items():
+    prefix = next((p for p in _SPLIT_PREFIXES if name.startswith(p)), "")
+    renamed[prefix + _LEGACY_SUMMARY_NAMES.get(name[len(prefix):], name[len(prefix):])] = value
+  return renamed
 
 
 def write_history(workdir: str, history: list[dict]) -> None:

@@ -47,6 +47,18 @@ class TwoLayerVAE(nn.Module):
     """One joint posterior sample (z1, z2) takes noise for both: dim z1 + dim z2."""
     return self.bottom_encoder.latent_dim + self.top_encoder.latent_dim
 
+  @property
+  def mutual_information_omitted(self) -> str | None:
+    """Why the latent diagnostics cannot split the KL into I(x; z) + marginal KL, or None.
+
+    Unconditional, z2 depends on x only through z1, so I(x; z1, z2) = I(x; z1). With a
+    label, q(z2|z1, y) and p(z1|z2, y) depend on it too: neither that identity nor
+    KL = I + KL(q(z) || p(z)) (p would have to be one prior for all labels) holds."""
+    if self.conditional:
+      return ("a conditional two-layer model's top encoder and prior depend on the label, "
+              "so the KL is not I(x, y; z) plus one marginal KL")
+    return None
+
   def _condition(self, label):
     return label_condition(label, self.num_classes)
 
@@ -107,9 +119,12 @@ class TwoLayerVAE(nn.Module):
     z1: E_q[z1|x] is q(z1|x)'s mean; its KL share per dimension, E_q[log q(z1_u|x) -
     log p(z1_u|z2)], is the samples' mean (p(z1|z2) makes it intractable). z2: E_q[z2|x]
     and its share E_q(z1|x)[KL(q(z2|z1) || p(z2))] per dimension are the means over the
-    S samples of z1 of the closed forms. The shares sum to an unbiased estimate of the
-    total KL(q(z1, z2|x) || p(z1, z2)). z2 depends on x only through z1, so
-    I(x; z1, z2) = I(x; z1): q(z1|x) alone gives the mutual information.
+    S samples of z1 of the closed forms, with `posterior_mean_variance`, the variance of
+    that mean over the S samples (their sample variance / S), which the diagnostics
+    subtract from z2's activity. The shares sum to an unbiased estimate of the total
+    KL(q(z1, z2|x) || p(z1, z2)). z2 depends on x only through z1, so I(x; z1, z2) =
+    I(x; z1): q(z1|x) alone gives the mutual information (unconditional models only:
+    `mutual_information_omitted`).
     """
     condition = self._condition(label)
     z1_dim = self.bottom_encoder.latent_dim
@@ -126,5 +141,6 @@ class TwoLayerVAE(nn.Module):
         {"posterior_mean": z1_mean, "kl_per_dim": z1_kl.mean(axis=0), "mean": z1_mean,
          "logvar": z1_logvar, "z": z1[0]},
         {"posterior_mean": z2_mean.mean(axis=0),
+         "posterior_mean_variance": z2_mean.var(axis=0, ddof=1) / z2_mean.shape[0],
          "kl_per_dim": losses.gaussian_kl_per_dim(z2_mean, z2_logvar).mean(axis=0)},
     ]

@@ -104,6 +104,10 @@ class VAE(nn.Module):
     """Size of the standard-normal noise behind one posterior sample (`eps` below)."""
     return self.encoder.latent_dim
 
+  # The prior N(0, I) does not depend on the label, so the latent diagnostics can split
+  # the KL into I(x, y; z) + KL(q(z) || p(z)) for conditional models too.
+  mutual_information_omitted = None
+
   def _condition(self, label) -> jax.Array | None:
     return label_condition(label, self.num_classes)
 
@@ -141,7 +145,7 @@ class VAE(nn.Module):
 
   def latent_layers(self, image: jax.Array, eps: jax.Array, label=None) -> list[dict]:
     """What each stochastic layer does for ONE example, for the latent diagnostics
-    (evaluate.make_latent_evaluator); eps (S, noise_dim) as in `__call__`.
+    (evaluators.Evaluators.latents); eps (S, noise_dim) as in `__call__`.
 
     One dict per layer, nearest x first: `posterior_mean` E_q[z|x], `kl_per_dim` the
     layer's share of KL(q(z|x) || p(z)) per dimension (they sum to the KL); the first also

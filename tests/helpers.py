@@ -1,0 +1,113 @@
+"""What tests import: the repository root, the offline MNIST folder, a small config for
+fast runs and helpers to run models (tests/conftest.py holds the fixtures and hooks)."""
+
+import collections
+import contextlib
+import os
+import pathlib
+
+import jax
+import numpy as np
+
+from vae_jax import config_schema
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def manual_dir() -> str | None:
+  """$VAE_JAX_MANUAL_DIR, else ../shared/data beside the checkout when it exists."""
+  candidates = [os.environ.get("VAE_JAX_MANUAL_DIR"), str(REPO_ROOT.parent / "shared" / "data")]
+  for candidate in candidates:
+    if candidate and os.path.isdir(os.path.join(candidate, "mnist")):
+      return candidate
+  return None
+
+
+def tiny_config(**data_overrides):
+  """A small MLP VAE that trains in seconds."""
+  config = config_schema.default_config()
+  config.model.hidden_dims = (32,)
+  config.model.latent_dim = 4
+  config.train.batch_size = 16
+  config.train.num_steps = 8
+  config.train.log_every_steps = 4
+  config.eval.batch_size = 500
+  config.figures.num_reconstructions = 4
+  config.figures.num_prior_samples = 4
+  config.figures.every_epochs = 0
+  config.figures.manifold_size = 5
+  config.figures.num_scatter_points = 200
+  config.figures.samples_per_class = 3
+  config.figures.num_interpolations = 2
+  config.figures.interpolation_steps = 4
+  config.figures.num_denoising_examples = 3
+  for key, value in data_overrides.items():
+    config.data[key] = value
+  return config
+
+
+def synthetic_splits(num_train=400, num_test=100):
+  """Noise images in place of a dataset, for loop tests that need no TFDS: pass as
+  monkeypatch.setattr(input_pipeline, "load_splits", lambda data_config: ...)."""
+  from vae_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (num_train + num_test, 28, 28, 1)).astype(np.uint8)
+  labels = rng.integers(0, 10, num_train + num_test).astype(np.int32)
+  return {"train": input_pipeline.Split(images[:num_train], labels[:num_train]),
+          "validation": input_pipeline.Split(images[:0], labels[:0]),
+          "test": input_pipeline.Split(images[num_train:], labels[num_train:])}
+
+
+def fixed_batch_step(model, config, mesh):
+  """step(state, batch, rng) -> (state, metrics): one training step on a given batch,
+  through the codebase's one program builder (the batch as a one-step epoch)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from vae_jax import steps  # pylint: disable=g-import-not-at-top
+  program = steps.make_train_program(model, [config], mesh, steps_per_epoch=1)
+
+  def step(state, batch, rng):
+    epoch_indices = jnp.arange(batch["image"].shape[0], dtype=jnp.int32)[None]
+    state, metrics = program(state, batch, epoch_indices, rng, 1)
+    return state, jax.tree.map(lambda value: value[0], metrics)
+
+  return step
+
+
+def jit_apply(model):
+  """model.apply as one jitted program (method by name, e.g. method="encode"): a test that
+  applies a model eagerly compiles every op on its own, several times slower."""
+  return jax.jit(model.apply, static_argnames=("method", "train"))
+
+
+def shipped_config(name: str, arg=None):
+  """configs/<name>.py's get_config(arg), loaded by path as config_flags does."""
+  return config_schema.load_shipped(name, arg)
+
+
+_TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+_trace_counts = None  # The open count_traces block's counter, if any.
+
+
+def _on_event(event, duration, **kwargs):
+  del duration
+  if event == _TRACE_EVENT and _trace_counts is not None:
+    _trace_counts[kwargs.get("fun_name", "")] += 1
+
+
+@contextlib.contextmanager
+def count_traces():
+  """Counts how often each function is traced (each trace compiles a new program) inside
+  the block, by the function's name, through jax.monitoring's public events."""
+  global _trace_counts
+  if not _listening:
+    jax.monitoring.register_event_duration_secs_listener(_on_event)
+    _listening.append(True)
+  _trace_counts = collections.Counter()
+  try:
+    yield _trace_counts
+  finally:
+    _trace_counts = None
+
+
+_listening = []
