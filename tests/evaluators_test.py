@@ -168,8 +168,9 @@ def test_the_nll_warning_says_which_way_the_estimate_moved(change, expected):
 
 def test_summary_numbers_are_the_evaluators_names():
   result = {"neg_elbo_nats": 1.0, "kl_nats": 2.0, "active_units": 3, "nll_nats": 4.0,
-            "latent_layers": [{"layer": 1, "active_units": 2}, {"layer": 2, "active_units": 1}],
+            "latent_layers": [{"layer": 1, "active_units": 2, "kl_nats": 1.5},
+                              {"layer": 2, "active_units": 1, "kl_nats": 0.5}],
             "split": "test"}
   assert evaluators.summary_numbers(result) == {
       "neg_elbo_nats": 1.0, "kl_nats": 2.0, "active_units": 3, "nll_nats": 4.0,
-      "active_units_z1": 2, "active_units_z2": 1}
+      "active_units_z1": 2, "kl_nats_z1": 1.5, "active_units_z2": 1, "kl_nats_z2": 0.5}

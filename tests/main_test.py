@@ -207,6 +207,10 @@ def test_bad_enum_value_names_the_key_and_the_allowed_values(tmp_path):
     ("train.ema_decay", -0.1, "config.train.ema_decay=-0.1 must be in [0, 1)"),
     ("eval.diagnostics_examples", -1, "config.eval.diagnostics_examples=-1 must be a "
                                       "non-negative integer"),
+    ("eval.diagnostics_every_epochs", -1, "config.eval.diagnostics_every_epochs=-1 must be "
+                                          "a non-negative integer"),
+    ("loss.kl_estimator", "exact", "config.loss.kl_estimator='exact' is not one of "
+                                   "'closed_form', 'monte_carlo'"),
 ])
 def test_validate_rejects_bad_values(key, value, expected):
   config = config_schema.default_config()
@@ -240,11 +244,14 @@ def test_iwae_refuses_the_elbo_only_loss_options():
     config_schema.validate(config)
 
 
-def test_free_bits_needs_one_stochastic_layer():
+def test_free_bits_of_one_layer_need_the_closed_form_kl():
   config = config_schema.default_config()
-  config.model.stochastic_layers, config.loss.free_bits = 2, 0.5
-  with pytest.raises(ValueError, match="config.loss.free_bits=0.5 needs the KL of each"):
+  config.loss.kl_estimator, config.loss.free_bits = "monte_carlo", 0.5
+  with pytest.raises(ValueError, match="config.loss.free_bits=0.5 applies to each latent "
+                                       "dimension's closed-form KL"):
     config_schema.validate(config)
+  config.model.stochastic_layers = 2  # Per layer, from the sampled KL: allowed.
+  config_schema.validate(config)
 
 
 def test_static_dataset_requires_static_binarization():

@@ -30,6 +30,7 @@ ALLOWED_VALUES = {
     "model.gaussian_mean": ("linear", "sigmoid"),
     "model.gaussian_variance": ("fixed", "learned_global", "learned_per_pixel"),
     "loss.objective": ("elbo", "iwae"),
+    "loss.kl_estimator": ("closed_form", "monte_carlo"),
     "train.learning_rate_schedule": ("constant", "iwae"),
     "resume_mismatch": ("refuse", "allow"),
     "dtype": ("float32", "bfloat16"),
@@ -118,8 +119,13 @@ def default_config() -> ml_collections.ConfigDict:
   config.loss.kl_warmup_epochs = 0.0
   # Free bits (Kingma et al. 2016), in nats per latent dimension and example: a dimension
   # whose KL is below this adds this constant to the loss instead (no gradient to shrink
-  # it further). 0: off. One stochastic layer only (it needs the KL of each dimension).
+  # it further); with two stochastic layers, per layer: a layer whose sampled KL is below
+  # this times its units. 0: off.
   config.loss.free_bits = 0.0
+  # The ELBO's KL: 'closed_form' where the model has one (one stochastic layer; two
+  # layers have none and sample it), or 'monte_carlo', the mean of log q(z|x) - log p(z)
+  # over the posterior samples, always.
+  config.loss.kl_estimator = "closed_form"
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 100
@@ -411,10 +417,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
       require(config.loss[key] == neutral,
               f"config.loss.objective='iwae' is a bound on log p(x) without a separate KL "
               f"term: config.loss.{key}={config.loss[key]!r} must be {neutral}.")
-  require(config.loss.free_bits == 0 or config.model.stochastic_layers == 1,
-          f"config.loss.free_bits={config.loss.free_bits!r} needs the KL of each latent "
-          "dimension, which only config.model.stochastic_layers=1 has analytically; set "
-          "config.loss.free_bits=0.")
+  require(config.loss.free_bits == 0 or config.model.stochastic_layers == 2
+          or config.loss.kl_estimator == "closed_form",
+          f"config.loss.free_bits={config.loss.free_bits!r} applies to each latent "
+          "dimension's closed-form KL: it needs config.loss.kl_estimator='closed_form', not "
+          f"{config.loss.kl_estimator!r}.")
   for key in ("train.adam_b1", "train.adam_b2"):
     value = _get(config, key)
     require(0 <= value < 1, f"config.{key}={value!r} must be in [0, 1).")

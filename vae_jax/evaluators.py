@@ -249,14 +249,16 @@ def latent_diagnostics(layers: list[dict], mutual_information_omitted: str | Non
 def summary_numbers(result: dict) -> dict[str, float]:
   """The scalars of an evaluation (an evaluator's dict or final_result's) that a run's
   summaries carry (epoch_metrics.jsonl, TensorBoard, results.csv), by their own names;
-  a two-layer model's active units per layer as active_units_z1, active_units_z2."""
+  a two-layer model's active units and KL share per layer as active_units_z1,
+  kl_nats_z1, active_units_z2, kl_nats_z2."""
   names = ("neg_elbo_nats", "reconstruction_nats", "kl_nats", "active_units",
            "mutual_information_nats", "marginal_kl_nats", "nll_nats", "nll_stderr")
   numbers = {name: result[name] for name in names if name in result}
   layers = result.get("latent_layers", ())
   if len(layers) > 1:
-    numbers.update({f"active_units_z{layer['layer']}": layer["active_units"]
-                    for layer in layers})
+    for layer in layers:
+      numbers.update({f"active_units_z{layer['layer']}": layer["active_units"],
+                      f"kl_nats_z{layer['layer']}": layer["kl_nats"]})
   return numbers
 
 

@@ -27,11 +27,12 @@ def gaussian_kl_per_dim(mean: jax.Array, logvar: jax.Array) -> jax.Array:
   return 0.5 * (jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar)
 
 
-def free_bits_kl(kl_per_dim: jax.Array, free_bits) -> jax.Array:
-  """sum_j max(KL_j, free_bits): a dimension below `free_bits` nats costs that constant,
-  with no gradient pushing it lower (Kingma et al. 2016, per example here, so the loss
-  does not depend on how the batch is split over devices)."""
-  return jnp.sum(jnp.maximum(kl_per_dim, free_bits), axis=-1)
+def free_bits_kl(kl_per_group: jax.Array, free_bits) -> jax.Array:
+  """sum_g max(KL_g, free_bits_g): a group (a latent dimension, or a stochastic layer with
+  free_bits times its units) below its free bits costs that constant, with no gradient
+  pushing it lower (Kingma et al. 2016, per example here, so the loss does not depend on
+  how the batch is split over devices)."""
+  return jnp.sum(jnp.maximum(kl_per_group, free_bits), axis=-1)
 
 
 def bernoulli_log_likelihood(image: jax.Array, logits: jax.Array) -> jax.Array:
@@ -108,43 +109,53 @@ def log_likelihood(likelihood: str, image: jax.Array, decoded: dict) -> jax.Arra
 
 def elbo_terms(model: nn.Module, variables, image: jax.Array, label, rng: jax.Array, *,
                likelihood: str, num_samples: int = 1, kl_weight=1.0, free_bits=0.0,
-               objective: str = "elbo", train: bool = False,
+               objective: str = "elbo", kl_estimator: str = "closed_form",
+               train: bool = False,
                dropout_rng: jax.Array | None = None) -> dict[str, jax.Array]:
   """The training terms for ONE example from `num_samples` reparameterized samples.
 
   `label` is the example's class for a conditional model (ignored otherwise); `rng` draws
   the reparameterization noise; `dropout_rng` is needed when training a model with dropout.
-  Returns scalars: `reconstruction` (-E_q log p(x|z), averaged over the samples), `kl`
-  (analytic when the model gives it, else the samples' mean of log q - log p), `neg_elbo`
-  (their sum, the bound in nats) and `loss`, what is minimized: reconstruction +
-  kl_weight * kl for objective 'elbo' (with free_bits > 0, kl is free_bits_kl of its
-  dimensions); for 'iwae' the negative IWAE bound -logmeanexp_j log w_j over the samples,
-  also returned as `neg_iwae_bound_nats`. kl_weight and free_bits may be traced (a vmapped
-  sweep gives each model its own).
+  Returns scalars: `reconstruction_nats` (-E_q log p(x|z), averaged over the samples),
+  `kl_nats` (with kl_estimator 'closed_form', the analytic KL when the model gives one;
+  else, and with 'monte_carlo', the samples' mean of log q - log p), `neg_elbo_nats`
+  (their sum, the bound) and `loss`, what is minimized: reconstruction + kl_weight * kl
+  for objective 'elbo' (with free_bits > 0, kl is free_bits_kl of the analytic KL's
+  dimensions, or of the sampled KL of each stochastic layer of a two-layer model with
+  free_bits times its units); for 'iwae' the negative IWAE bound -logmeanexp_j log w_j
+  over the samples, also returned as `neg_iwae_bound_nats`. kl_weight and free_bits may
+  be traced (a vmapped sweep gives each model its own).
   """
   eps = jax.random.normal(rng, (num_samples, model.noise_dim), image.dtype)
   return elbo_terms_from_noise(model, variables, image, label, eps, likelihood=likelihood,
                                kl_weight=kl_weight, free_bits=free_bits, objective=objective,
-                               train=train, dropout_rng=dropout_rng)
+                               kl_estimator=kl_estimator, train=train,
+                               dropout_rng=dropout_rng)
 
 
 def elbo_terms_from_noise(model: nn.Module, variables, image: jax.Array, label,
                           eps: jax.Array, *, likelihood: str, kl_weight=1.0, free_bits=0.0,
-                          objective: str = "elbo", train: bool = False,
+                          objective: str = "elbo", kl_estimator: str = "closed_form",
+                          train: bool = False,
                           dropout_rng: jax.Array | None = None) -> dict[str, jax.Array]:
   """elbo_terms with the reparameterization noise given: eps (num_samples, noise_dim)."""
   rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
   outputs = model.apply(variables, image, eps, label, train=train, rngs=rngs)
   log_px_z = log_likelihood(likelihood, image, outputs["decoded"])
   reconstruction = -jnp.mean(log_px_z)
-  if "kl" in outputs:
+  if "kl" in outputs and kl_estimator == "closed_form":
     kl = outputs["kl"]
   else:
     kl = jnp.mean(outputs["log_posterior"] - outputs["log_prior"])
   kl_penalty = kl
   # Statically skipped when off, so runs without free bits keep their bits.
-  if "kl_per_dim" in outputs and not (isinstance(free_bits, (int, float)) and free_bits == 0):
-    kl_penalty = jnp.where(free_bits > 0, free_bits_kl(outputs["kl_per_dim"], free_bits), kl)
+  if not (isinstance(free_bits, (int, float)) and free_bits == 0):
+    if "kl_per_dim" in outputs:  # One layer: each dimension's analytic KL.
+      grouped = free_bits_kl(outputs["kl_per_dim"], free_bits)
+    else:  # Two layers: each layer's sampled KL, its floor free_bits per unit.
+      grouped = free_bits_kl(jnp.mean(outputs["kl_per_layer"], axis=0),
+                             free_bits * outputs["units_per_layer"])
+    kl_penalty = jnp.where(free_bits > 0, grouped, kl)
   terms = {
       "loss": reconstruction + kl_weight * kl_penalty,
       "neg_elbo_nats": reconstruction + kl,
@@ -207,6 +218,7 @@ def make_example_terms_fn(model: nn.Module, config, *, train: bool):
   binarization = config.data.binarization
   num_samples = config.loss.num_samples
   objective = config.loss.objective
+  kl_estimator = config.loss.kl_estimator
 
   def example_terms(params, image_uint8, label, example_key, weights, binarization_key=None):
     if binarization_key is None:
@@ -217,6 +229,7 @@ def make_example_terms_fn(model: nn.Module, config, *, train: bool):
                       jax.random.fold_in(example_key, PURPOSE_REPARAMETERIZATION),
                       likelihood=likelihood, num_samples=num_samples,
                       kl_weight=weights["kl_weight"], free_bits=weights["free_bits"],
-                      objective=objective, train=train, dropout_rng=dropout_rng)
+                      objective=objective, kl_estimator=kl_estimator, train=train,
+                      dropout_rng=dropout_rng)
 
   return example_terms

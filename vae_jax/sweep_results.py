@@ -39,6 +39,11 @@ METRICS = (
     ("test_kl_nats", "test KL (nats)"),
     ("test_active_units", "active units"),
     ("test_mutual_information_nats", "I(x; z) (nats)"),
+    # Two stochastic layers: each layer's share (empty for one-layer runs).
+    ("test_active_units_z1", "active units z1"),
+    ("test_active_units_z2", "active units z2"),
+    ("test_kl_nats_z1", "KL z1 (nats)"),
+    ("test_kl_nats_z2", "KL z2 (nats)"),
 )
 PLOTTED = ("test_neg_elbo_nats", "test_nll_nats", "test_kl_nats")
 CONFIDENCE = 0.95  # Of the paired differences' t intervals.

@@ -13,6 +13,7 @@ interpolations are drawn in the space of p(z2) = N(0, I).
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from vae_jax import losses
 from vae_jax.models.vae import join_condition, label_condition, reparameterize
@@ -93,8 +94,9 @@ class TwoLayerVAE(nn.Module):
 
     Returns a dict: `decoded` (the likelihood's parameters of p(x|z1) per sample),
     `log_prior` log p(z1, z2) = log p(z2) + log p(z1|z2) and `log_posterior`
-    log q(z1, z2|x) per sample. No analytic KL: p(z1|z2) makes it intractable, so the
-    losses estimate it from the samples.
+    log q(z1, z2|x) per sample, and `kl_per_layer` (k, 2), their difference split into
+    z1's and z2's terms, with `units_per_layer` (free bits per layer). No analytic KL:
+    p(z1|z2) makes it intractable, so the losses estimate it from the samples.
     """
     condition = self._condition(label)
     z1_dim = self.bottom_encoder.latent_dim
@@ -104,13 +106,18 @@ class TwoLayerVAE(nn.Module):
     z2_mean, z2_logvar = self.top_encoder(z1, condition, train=train)
     z2 = reparameterize(z2_mean, z2_logvar, eps2)
     prior_z1_mean, prior_z1_logvar = self.top_decoder(z2, condition, train=train)
+    log_prior = (losses.diagonal_gaussian_log_density(z1, prior_z1_mean, prior_z1_logvar),
+                 losses.standard_normal_log_density(z2))
+    log_posterior = (losses.reparameterized_log_density(eps1, z1_logvar),
+                     losses.reparameterized_log_density(eps2, z2_logvar))
     return {
         "decoded": self._decode_z1(z1, condition, train),
-        "log_prior": (losses.standard_normal_log_density(z2)
-                      + losses.diagonal_gaussian_log_density(z1, prior_z1_mean,
-                                                             prior_z1_logvar)),
-        "log_posterior": (losses.reparameterized_log_density(eps1, z1_logvar)
-                          + losses.reparameterized_log_density(eps2, z2_logvar)),
+        "log_prior": log_prior[1] + log_prior[0],
+        "log_posterior": log_posterior[0] + log_posterior[1],
+        # Each layer's share of log q - log p per sample, z1's then z2's (free bits).
+        "kl_per_layer": jnp.stack([log_posterior[0] - log_prior[0],
+                                   log_posterior[1] - log_prior[1]], axis=-1),
+        "units_per_layer": jnp.asarray([z1_dim, self.top_encoder.latent_dim], jnp.float32),
     }
 
   def latent_layers(self, image: jax.Array, eps: jax.Array, label=None) -> list[dict]:
