@@ -46,14 +46,15 @@ def label_fidelity(model: nn.Module, params, classify, classifier_params, rng: j
 
 
 def format_result(result: dict) -> str:
-  """evaluators.format_result, with the sample quality and label fidelity when present."""
-  lines = [evaluators.format_result(result)]
-  if "sample_quality" in result:
-    lines.append(sample_quality.format_sample_quality(result["sample_quality"]))
+  """evaluators.format_result, with the label fidelity (on its first line) and the
+  sample quality (last) when present."""
+  first, *rest = evaluators.format_result(result).split("\n")
   if "label_fidelity" in result:
-    lines.append(f"label fidelity {100 * result['label_fidelity']:.1f}% (classifier test "
-                 f"accuracy {100 * result['classifier_test_accuracy']:.2f}%)")
-  return "\n".join(lines)
+    first += (f"; label fidelity {100 * result['label_fidelity']:.1f}% (classifier test "
+              f"accuracy {100 * result['classifier_test_accuracy']:.2f}%)")
+  if "sample_quality" in result:
+    rest.append(sample_quality.format_sample_quality(result["sample_quality"]))
+  return "\n".join([first, *rest])
 
 
 def main(argv):
