@@ -1,11 +1,13 @@
 """Multi-host: two local processes (jax.distributed on localhost, one CPU device each)
-train the same parameters as one process, and only process 0 writes files."""
+train the same parameters as one process, and only process 0 writes files; when one is
+killed the other stops at once, saying so, and both resume to the same end."""
 
 import os
 import socket
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -35,30 +37,50 @@ def _env(manual_dir):
               XLA_FLAGS="--xla_force_host_platform_device_count=1")
 
 
-def test_two_processes_train_the_parameters_of_one(tmp_path, mnist_manual_dir,
-                                                   tfds_data_dir):
+# Process 1 kills itself when it dispatches step 50 (the last checkpoint is step 40).
+_KILLED_AT_50 = r"""
+import os, runpy, signal, sys
+from vae_jax import train
+dispatch = train.Group.dispatch
+def dispatch_or_die(self, count):
+  if self.step == 50 and "--process_id=1" in sys.argv:
+    os.kill(os.getpid(), signal.SIGKILL)
+  return dispatch(self, count)
+train.Group.dispatch = dispatch_or_die
+sys.argv = ["vae_jax.main"] + sys.argv[1:]
+runpy.run_module("vae_jax.main", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_two_processes_train_the_parameters_of_one_and_survive_a_killed_one(
+    tmp_path, mnist_manual_dir, tfds_data_dir):
   # Prepare the data once here, so the processes only read it.
   data_config = config_schema.default_config().data
   data_config.manual_dir, data_config.tfds_data_dir = mnist_manual_dir, tfds_data_dir
   input_pipeline.load_splits(data_config)
   flags = _FLAGS + [f"--config.data.tfds_data_dir={tfds_data_dir}"]
 
-  # The one-process run and the two processes at once (they wait on each other anyway).
-  single, multi, port = tmp_path / "single", tmp_path / "multi", _free_port()
-  commands = [[sys.executable, "-m", "vae_jax.main", *flags, f"--workdir={single}"]] + [
-      [sys.executable, "-m", "vae_jax.main", *flags, f"--workdir={multi}", "--distributed",
-       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={index}"]
-      for index in (0, 1)]
-  processes = [subprocess.Popen(command, cwd=REPO_ROOT, env=_env(mnist_manual_dir),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for command in commands]
+  def start(workdir, process_id=None, port=None, script=None):
+    distributed = [] if process_id is None else [
+        "--distributed", f"--coordinator_address=localhost:{port}", "--num_processes=2",
+        f"--process_id={process_id}"]
+    return subprocess.Popen(
+        [sys.executable, *(["-c", script] if script else ["-m", "vae_jax.main"]), *flags,
+         f"--workdir={workdir}", *distributed], cwd=REPO_ROOT, env=_env(mnist_manual_dir),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+  # At once (they wait on each other anyway): one process alone, a pair, and a pair whose
+  # process 1 is killed at step 50.
+  single, multi, killed = tmp_path / "single", tmp_path / "multi", tmp_path / "killed"
+  ports = (_free_port(), _free_port())
+  processes = [start(single)] + [start(multi, index, ports[0]) for index in (0, 1)] + [
+      start(killed, index, ports[1], _KILLED_AT_50) for index in (0, 1)]
   outputs = [process.communicate(timeout=600) for process in processes]
-  for process, (_, stderr) in zip(processes, outputs):
+  for process, (_, stderr) in zip(processes[:3], outputs[:3]):
     assert process.returncode == 0, stderr[-5000:]
-  outputs = outputs[1:]  # The two processes'.
-  assert "JAX process 0 of 2" in outputs[0][1] and "JAX process 1 of 2" in outputs[1][1]
+  assert "JAX process 0 of 2" in outputs[1][1] and "JAX process 1 of 2" in outputs[2][1]
   # Both processes computed each epoch's evaluation; process 0 alone logged it to files.
-  assert "test -ELBO" in outputs[1][1]
+  assert "test -ELBO" in outputs[2][1]
   assert len(list(multi.glob("events.out.tfevents.*"))) == 1
 
   single_run, multi_run = workdir_lib.load_run(str(single)), workdir_lib.load_run(str(multi))
@@ -73,3 +95,22 @@ def test_two_processes_train_the_parameters_of_one(tmp_path, mnist_manual_dir,
     assert len(history) == 1
   np.testing.assert_allclose(workdir_lib.read_history(str(multi))[0]["test_neg_elbo_nats"],
                              workdir_lib.read_history(str(single))[0]["test_neg_elbo_nats"], rtol=1e-5)
+
+  # The killed pair: process 0 stopped at once (its next collective failed), with one
+  # message and no traceback, naming the checkpoint both resume from.
+  assert processes[4].returncode == -9
+  assert processes[3].returncode == 1, outputs[3][1][-5000:]
+  message = outputs[3][1].strip().splitlines()[-1]
+  assert message.startswith("Process 0 of 2: a collective with the other processes failed"), message
+  assert (f"The last good checkpoint is step 40 ({killed}/checkpoints/40): the run resumes "
+          "from it when every process is started again with its same command.") in message
+  assert "Traceback" not in outputs[3][1]
+  port = _free_port()
+  processes = [start(killed, index, port) for index in (0, 1)]
+  for process in processes:
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-5000:]
+    assert "Resuming at step 40 of 60" in stderr
+  # The same end as the pair that was never stopped, bit for bit.
+  chex.assert_trees_all_equal(workdir_lib.load_run(str(killed)).params, multi_run.params)
+  assert workdir_lib.read_history(str(killed)) == workdir_lib.read_history(str(multi))

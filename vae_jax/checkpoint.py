@@ -7,10 +7,17 @@ complete, so a run killed mid-save never leaves a half-written checkpoint under 
 name; leftover temporary folders are removed on the next start. A checkpoint that still
 fails to load (a truncated or corrupted file) is moved to `workdir/corrupt_checkpoints/`
 and the run falls back to the previous one.
+
+A save that fails (no space, no permission, a vanished directory) raises `WriteError`,
+which names the file and the OS error; its temporary folder is removed at once.
+`Checkpointer.check_space` warns, once, when the filesystem has less room than the next
+checkpoint needs.
 """
 
+import contextlib
 import logging as python_logging
 import os
+import re
 import shutil
 import signal
 import threading
@@ -35,6 +42,73 @@ class _QuietOrbax(python_logging.Filter):
 def quiet_orbax_logging() -> None:
   """For command lines: orbax's INFO lines would bury the run's own log."""
   logging.get_absl_handler().addFilter(_QuietOrbax())
+
+
+class WriteError(OSError):
+  """A file of a run could not be written (a checkpoint here; eval.json, the history or a
+  figure in vae_jax/workdir.py): the message says what, where and why."""
+
+  def __init__(self, what: str, path: str, reason: str):
+    super().__init__(f"Could not write {what} to {path}: {reason}.")
+    self.what, self.path, self.reason = what, path, reason
+
+
+def os_error_reason(error: BaseException) -> str:
+  """The OS error behind `error`, as the OS says it ('No space left on device (errno
+  28)'): from an OSError, or from the os_error_code tensorstore puts in orbax's message;
+  else the message's first line."""
+  for cause in (error, error.__cause__, error.__context__):
+    if isinstance(cause, OSError) and cause.errno:
+      return f"{os.strerror(cause.errno)} (errno {cause.errno})"
+  found = re.search(r"os_error_code='?(\d+)", str(error))
+  if found:
+    code = int(found.group(1))
+    return f"{os.strerror(code)} (errno {code})"
+  return (str(error).splitlines() or [type(error).__name__])[0][:300]
+
+
+class _HeldRecords(python_logging.Filter):
+  """Holds back orbax's own log records (a failed save logs each thread's traceback);
+  the save's error says what failed instead."""
+
+  def __init__(self):
+    super().__init__()
+    self.records = []
+
+  def filter(self, record):
+    if "/orbax/" in record.pathname:
+      self.records.append(record)
+      return False
+    return True
+
+
+@contextlib.contextmanager
+def _orbax_logs_held():
+  handler, held = logging.get_absl_handler(), _HeldRecords()
+  handler.addFilter(held)
+  try:
+    yield held
+  finally:
+    handler.removeFilter(held)
+
+
+def _directory_bytes(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(root, name))
+             for root, _, names in os.walk(path) for name in names)
+
+
+def saved_steps(workdir: str) -> list[int]:
+  """The steps of the complete checkpoints in workdir/checkpoints, oldest first (orbax
+  gives a step's folder its name only when the save is complete)."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def state_bytes(state) -> int:
+  """The bytes of a train state's arrays: what its checkpoint holds, before compression."""
+  return sum(leaf.nbytes for leaf in jax.tree.leaves(_saved_items(state)))
 
 
 def _saved_items(state) -> dict:
@@ -72,6 +146,8 @@ class Checkpointer:
             get_metric_fn=_best_metric, reverse=True, n=1,
             keep_checkpoints_without_metrics=False)])
     # No item_names (deprecated): the Composite args of save and restore name the items.
+    self._last_checkpoint_bytes = None  # Measured after each save.
+    self._space_warned = False
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -149,18 +225,47 @@ class Checkpointer:
     self._manager.reload()
     return target
 
+  def check_space(self, state) -> None:
+    """Warns once when the workdir's filesystem has less free space than the next
+    checkpoint needs: the last one's size, or before the first the state's bytes."""
+    if self._space_warned or jax.process_index() != 0:
+      return
+    needed = self._last_checkpoint_bytes or state_bytes(state)
+    free = shutil.disk_usage(self.directory).free
+    if free < needed:
+      self._space_warned = True
+      logging.warning(
+          "Only %.1f MB free on the filesystem of %s; the next checkpoint needs about %.1f "
+          "MB (%s). Free some space or move the run: if a save fails, the run stops, "
+          "naming the last good checkpoint.", free / 1e6, self.directory, needed / 1e6,
+          "the size of the last one" if self._last_checkpoint_bytes
+          else "the train state's arrays")
+
   def save(self, step: int, state, progress: dict | None = None,
            validation_neg_elbo_nats: float | None = None) -> None:
     """Saves unless this step is already saved (e.g. preempted right after a save);
-    `validation_neg_elbo_nats` (at epoch ends) ranks it for best_step."""
+    `validation_neg_elbo_nats` (at epoch ends) ranks it for best_step. Raises WriteError
+    when the checkpoint cannot be written (its temporary folder is removed)."""
     if step in self._manager.all_steps():
       return
+    self.check_space(state)
     metrics = (None if validation_neg_elbo_nats is None
                else {BEST_METRIC: validation_neg_elbo_nats})
-    self._manager.save(step, metrics=metrics, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_saved_items(state)),
-        progress=ocp.args.JsonSave(progress or {})))
-    self._manager.wait_until_finished()
+    try:
+      with _orbax_logs_held():
+        self._manager.save(step, metrics=metrics, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(_saved_items(state)),
+            progress=ocp.args.JsonSave(progress or {})))
+        self._manager.wait_until_finished()
+    except Exception as error:  # pylint: disable=broad-except  (orbax wraps the OS's)
+      if jax.process_index() == 0:
+        for leftover in os.listdir(self.directory):
+          if leftover.startswith(f"{step}.orbax-checkpoint-tmp"):
+            shutil.rmtree(os.path.join(self.directory, leftover), ignore_errors=True)
+      raise WriteError(f"the checkpoint of step {step}", self.step_path(step),
+                       os_error_reason(error)) from error
+    if jax.process_index() == 0:
+      self._last_checkpoint_bytes = _directory_bytes(self.step_path(step))
 
   def close(self) -> None:
     self._manager.close()

@@ -110,10 +110,14 @@ def main(argv):
                   label_fidelity_per_class=per_class.tolist(),
                   label_fidelity_samples_per_class=flags.FLAGS.label_fidelity_samples)
   print(format_result(result))
-  print(f"Wrote {workdir_lib.write_eval(workdir, result)}")
-  with metric_writers.ensure_flushes(workdir_lib.open_writer(workdir)) as writer:
-    paths = workdir_lib.write_figures(workdir, writer, run.step,
-                                      visualize.result_figures(result))
+  try:
+    print(f"Wrote {workdir_lib.write_eval(workdir, result)}")
+    with metric_writers.ensure_flushes(workdir_lib.open_writer(workdir)) as writer:
+      paths = workdir_lib.write_figures(workdir, writer, run.step,
+                                        visualize.result_figures(result))
+  except checkpoint.WriteError as error:
+    sys.exit(f"{error} The numbers above were computed; run the same command again once "
+             "the cause is fixed to write them.")
   print(f"Wrote {' '.join(paths)}")
 
 

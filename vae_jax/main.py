@@ -10,6 +10,7 @@ import time
 
 _START = time.perf_counter()  # Before the heavy imports, which the run's timings report.
 
+import os
 import signal
 import sys
 
@@ -73,6 +74,14 @@ def main(argv):
   except (workdir_lib.ConfigMismatchError, train.NonFiniteLossError,
           input_pipeline.DataError) as error:
     sys.exit(str(error))  # The message says what is wrong and what to do.
+  except (train.WriteFailedError, train.PeerLostError) as error:
+    print(error, file=sys.stderr)
+    # At once: a failed save can leave orbax's writer threads with coroutines whose
+    # garbage collection at a normal exit prints pages of tracebacks after the message,
+    # and with a lost process jax.distributed's shutdown barrier would wait out its
+    # heartbeat timeout and abort.
+    sys.stderr.flush()
+    os._exit(1)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

@@ -280,6 +280,11 @@ def main(argv):
     print(f"{preempted} Finished runs are kept; the same sweep command continues.",
           file=sys.stderr)
     sys.exit(128 + signal.SIGTERM)
+  except (train.WriteFailedError, train.PeerLostError) as error:
+    print(f"{error} Finished runs are kept; the same sweep command continues.",
+          file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(1)  # pylint: disable=protected-access  (as vae_jax.main: no shutdown noise)
   if failed:
     sys.exit(f"{len(failed)} runs failed (see the log): {', '.join(failed)}. The others "
              "finished; fix the cause and run the same command to train the failed ones.")

@@ -47,6 +47,16 @@ class PreemptedError(RuntimeError):
   """SIGTERM: a checkpoint was saved (the message says where); the same command resumes."""
 
 
+class PeerLostError(RuntimeError):
+  """A collective with the run's other processes failed: one of them stopped. The message
+  names the last complete checkpoint; every process resumes with the same command."""
+
+
+class WriteFailedError(RuntimeError):
+  """A file of the run could not be written: the message names it, the OS error, the
+  last good checkpoint, and that the same command resumes once the cause is fixed."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Cadence:
   """When the host acts. Steps run in dispatches of `steps_per_dispatch` between the
@@ -486,7 +496,12 @@ class Group:
 
   def close(self) -> None:
     for record in self.records:
-      record.close()
+      try:
+        record.close()
+      except Exception as error:  # pylint: disable=broad-except
+        # After a failed save orbax may fail to close too; the save's error is the news.
+        logging.warning("Closing the checkpoints of %s: %s", record.workdir,
+                        checkpoint.os_error_reason(error))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -505,8 +520,40 @@ def train_group(configs: list, workdirs: list[str],
                 imports_seconds: float | None = None) -> list[dict]:
   """Trains K runs as one program (see the module's docstring); returns their summaries.
 
-  Raises ValueError before training when the configs cannot share a program.
+  Raises ValueError before training when the configs cannot share a program, and
+  WriteFailedError when a file cannot be written (nothing already written is lost).
   """
+  try:
+    return _train_group(configs, workdirs, imports_seconds)
+  except checkpoint.WriteError as error:
+    raise WriteFailedError(f"{error} Nothing already written was lost. "
+                           f"{_resume_point(workdirs)} when the same command is run again, "
+                           "once the cause is fixed.") from None
+  except jax.errors.JaxRuntimeError as error:
+    if jax.process_count() == 1:
+      raise
+    raise PeerLostError(
+        f"Process {jax.process_index()} of {jax.process_count()}: a collective with the "
+        f"other processes failed ({str(error).splitlines()[0][:200]}); one of them has "
+        f"most likely stopped (killed, preempted or crashed). {_resume_point(workdirs)} "
+        "when every process is started again with its same command.") from None
+
+
+def _resume_point(workdirs: list[str]) -> str:
+  """Where a run stopped now would resume: its last complete checkpoint (the oldest of a
+  group's last ones, as Group.restore takes it)."""
+  steps_saved = [checkpoint.saved_steps(workdir) for workdir in workdirs]
+  if not all(steps_saved):
+    return "No checkpoint was written yet: the run starts again from the beginning"
+  step = min(saved[-1] for saved in steps_saved)
+  return (f"The last good checkpoint is step {step} "
+          f"({os.path.join(workdirs[0], 'checkpoints', str(step))}"
+          + (f", and the same step of the group's other {len(workdirs) - 1} runs"
+             if len(workdirs) > 1 else "") + "): the run resumes from it")
+
+
+def _train_group(configs: list, workdirs: list[str],
+                 imports_seconds: float | None) -> list[dict]:
   timer = progress.PhaseTimer(imports_seconds)
   group = Group(configs, workdirs, timer)
   cadence, config = group.cadence, group.config

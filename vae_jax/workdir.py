@@ -17,6 +17,7 @@
 Only process 0 writes files; the other processes of a multi-host run read.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -68,10 +69,18 @@ def is_writer() -> bool:
 
 
 def write_atomically(path: str, text: str) -> None:
-  """A kill mid-write leaves the old file or the new one, never half of one."""
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+  """A kill mid-write leaves the old file or the new one, never half of one. Raises
+  checkpoint.WriteError naming the file and the OS error when it cannot be written (no
+  space, no permission, a vanished directory); the old file stays."""
+  try:
+    with open(path + ".tmp", "w") as f:
+      f.write(text)
+    os.replace(path + ".tmp", path)
+  except OSError as error:
+    with contextlib.suppress(OSError):
+      os.remove(path + ".tmp")
+    raise checkpoint.WriteError(os.path.basename(path), path,
+                                checkpoint.os_error_reason(error)) from error
 
 
 def write_json(workdir: str, name: str, value) -> str:
@@ -318,12 +327,20 @@ def write_figures(workdir: str, writer, step: int, named_figures: dict, *,
                   save_png: bool = True) -> list[str]:
   """Figures as workdir/figures/<name>.png and as TensorBoard images; returns the paths."""
   figure_dir = os.path.join(workdir, "figures")
-  os.makedirs(figure_dir, exist_ok=True)
+  try:
+    os.makedirs(figure_dir, exist_ok=True)
+  except OSError as error:
+    raise checkpoint.WriteError("the figures folder", figure_dir,
+                                checkpoint.os_error_reason(error)) from error
   images, paths = {}, []
   for name, figure in named_figures.items():
     if save_png:
       paths.append(os.path.join(figure_dir, f"{name}.png"))
-      images[f"figures/{name}"] = figures.save_png(figure, paths[-1])
+      try:
+        images[f"figures/{name}"] = figures.save_png(figure, paths[-1])
+      except OSError as error:
+        raise checkpoint.WriteError(f"the figure {name}", paths[-1],
+                                    checkpoint.os_error_reason(error)) from error
     else:
       images[f"figures/{name}"] = figures.to_rgb_array(figure)
       figures.close(figure)
