@@ -42,6 +42,7 @@ def _group_configs():
   return configs
 
 
+@pytest.mark.slow  # Trains a group of two runs.
 def test_a_group_compiles_each_evaluator_once_and_each_run_keeps_its_own_settings(
     tmp_path, monkeypatch):
   monkeypatch.setattr(input_pipeline, "load_splits", lambda data_config: synthetic_splits())
