@@ -64,7 +64,7 @@ def test_kl_per_dimension_sums_to_the_total_kl():
   def layers_and_total_kl(params):
     apply = lambda x, e, **kwargs: model.apply({"params": params}, x, e, **kwargs)
     return (jax.vmap(lambda x, e: apply(x, e, method=model.latent_layers))(images, eps),
-            jax.vmap(lambda x, e: apply(x, e)["kl"])(images, eps))
+            jax.vmap(lambda x, e: apply(x, e).kl)(images, eps))
 
   layers, total = layers_and_total_kl(params)
   result = evaluators.latent_diagnostics(layers)
@@ -83,7 +83,7 @@ def test_two_layer_shares_sum_to_the_sampled_kl_in_expectation():
   layers, outputs = jax.jit(lambda params: (
       model.apply({"params": params}, image, eps, method=model.latent_layers),
       model.apply({"params": params}, image, eps)))(params)
-  sampled_kl = np.asarray(outputs["log_posterior"] - outputs["log_prior"], np.float64)
+  sampled_kl = np.asarray(outputs.log_posterior - outputs.log_prior, np.float64)
   shares = float(jnp.sum(layers[0]["kl_per_dim"]) + jnp.sum(layers[1]["kl_per_dim"]))
   # Same samples: the shares replace log q(z2|z1) - log p(z2) by its mean given z1, which
   # has the same expectation. Within 4 standard errors of the sampled KL's mean.

@@ -57,9 +57,9 @@ def test_output_shapes_and_batched_equals_per_example(name, conditional, likelih
   # A sample axis in front of z (num_samples > 1 in the ELBO) also decodes.
   eps = jax.random.normal(jax.random.key(2), (5, 3))
   one = apply(variables, images[0], eps, labels[0])
-  assert one["log_prior"].shape == one["log_posterior"].shape == (5,)
-  assert one["kl"].shape == ()
-  assert one["decoded"]["logits" if likelihood == "bernoulli" else "mean"].shape[0] == 5
+  assert one.log_prior.shape == one.log_posterior.shape == (5,)
+  assert one.kl.shape == ()
+  assert one.decoded["logits" if likelihood == "bernoulli" else "mean"].shape[0] == 5
   # A prior sample of one stochastic layer is z itself: decode_prior_sample is decode.
   mean_key = "logits" if likelihood == "bernoulli" else "mean"
   np.testing.assert_array_equal(
@@ -169,8 +169,8 @@ def test_bfloat16_computes_in_bfloat16_with_float32_parameters_and_outputs(name)
              or "conv_general_dilated" in line]
   assert matmuls and all("bf16" in line for line in matmuls), matmuls
   outputs = jax.jit(model.apply)(variables, image, eps)
-  assert outputs["decoded"]["logits"].dtype == jnp.float32
-  assert outputs["kl"].dtype == jnp.float32
+  assert outputs.decoded["logits"].dtype == jnp.float32
+  assert outputs.kl.dtype == jnp.float32
 
 
 @pytest.mark.slow

@@ -162,8 +162,8 @@ def test_two_layer_shapes_decoding_and_label_dependence(conditional):
   assert logits.shape == (5, 28, 28, 1)
   eps = jax.random.normal(jax.random.key(2), (7, model.noise_dim))
   outputs = apply({"params": params}, images[0], eps, labels[0])
-  assert outputs["decoded"]["logits"].shape == (7, 28, 28, 1)
-  assert outputs["log_prior"].shape == outputs["log_posterior"].shape == (7,)
+  assert outputs.decoded["logits"].shape == (7, 28, 28, 1)
+  assert outputs.log_prior.shape == outputs.log_posterior.shape == (7,)
   if conditional:  # The same z2 under another label decodes differently.
     other = apply({"params": params}, mean, (labels + 1) % 10, method="decode")["logits"]
     assert float(jnp.max(jnp.abs(other - logits))) > 1e-4

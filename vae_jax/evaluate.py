@@ -38,7 +38,7 @@ def label_fidelity(model: nn.Module, params, classify, classifier_params, rng: j
   """Per class y, the fraction of mean images E[x|z, y] of prior samples z
   (visualize.decode_prior_samples) classified as y."""
   num_classes = model.num_classes
-  noise = jax.random.normal(rng, (num_classes * samples_per_class, model.noise_dim))
+  noise = model.prior_noise(rng, num_classes * samples_per_class)
   labels = jnp.repeat(jnp.arange(num_classes), samples_per_class)
   images = visualize.decode_prior_samples(model, params, noise, labels, likelihood)
   predicted = jnp.argmax(classify(classifier_params, images), axis=-1)

@@ -360,7 +360,12 @@ class Evaluators:
                               terms["max_weight"])}
 
   def latents(self, params, dataset, rng, config, num_examples: int | None = None) -> dict:
-    """latent_diagnostics of the split's first `num_examples` examples (all by default)."""
+    """latent_diagnostics of the split's first `num_examples` examples (all by default);
+    for a model whose posterior is not a diagonal Gaussian, only the reason there are
+    none (`latent_diagnostics_omitted`)."""
+    if not self.model.gaussian_posterior:
+      return {"latent_diagnostics_omitted": "the posterior is not a diagonal Gaussian, whose "
+                                            "mean and variance the diagnostics need"}
     binarization_key = jax.random.key(config.eval.binarization_seed)
     return latent_diagnostics(per_example_outputs(
         lambda indices: self._latent_batch(params, dataset, indices, rng, binarization_key),

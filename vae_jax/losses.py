@@ -141,20 +141,16 @@ def elbo_terms_from_noise(model: nn.Module, variables, image: jax.Array, label,
   """elbo_terms with the reparameterization noise given: eps (num_samples, noise_dim)."""
   rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
   outputs = model.apply(variables, image, eps, label, train=train, rngs=rngs)
-  log_px_z = log_likelihood(likelihood, image, outputs["decoded"])
+  log_px_z = log_likelihood(likelihood, image, outputs.decoded)
   reconstruction = -jnp.mean(log_px_z)
-  if "kl" in outputs and kl_estimator == "closed_form":
-    kl = outputs["kl"]
+  if outputs.kl is not None and kl_estimator == "closed_form":
+    kl = outputs.kl
   else:
-    kl = jnp.mean(outputs["log_posterior"] - outputs["log_prior"])
+    kl = jnp.mean(outputs.log_posterior - outputs.log_prior)
   kl_penalty = kl
   # Statically skipped when off, so runs without free bits keep their bits.
   if not (isinstance(free_bits, (int, float)) and free_bits == 0):
-    if "kl_per_dim" in outputs:  # One layer: each dimension's analytic KL.
-      grouped = free_bits_kl(outputs["kl_per_dim"], free_bits)
-    else:  # Two layers: each layer's sampled KL, its floor free_bits per unit.
-      grouped = free_bits_kl(jnp.mean(outputs["kl_per_layer"], axis=0),
-                             free_bits * outputs["units_per_layer"])
+    grouped = free_bits_kl(outputs.kl_groups, free_bits * outputs.kl_group_units)
     kl_penalty = jnp.where(free_bits > 0, grouped, kl)
   terms = {
       "loss": reconstruction + kl_weight * kl_penalty,
@@ -163,7 +159,7 @@ def elbo_terms_from_noise(model: nn.Module, variables, image: jax.Array, label,
       "kl_nats": kl,
   }
   if objective == "iwae":
-    log_weights = log_px_z + outputs["log_prior"] - outputs["log_posterior"]
+    log_weights = log_px_z + outputs.log_prior - outputs.log_posterior
     terms["neg_iwae_bound_nats"] = terms["loss"] = -logmeanexp(log_weights)
   return terms
 
@@ -178,8 +174,8 @@ def log_importance_weights(model: nn.Module, variables, image: jax.Array, label,
   of log p(x); its mean is the ELBO.
   """
   outputs = model.apply(variables, image, eps, label, train=train, rngs=rngs or {})
-  return (log_likelihood(likelihood, image, outputs["decoded"]) + outputs["log_prior"]
-          - outputs["log_posterior"])
+  return (log_likelihood(likelihood, image, outputs.decoded) + outputs.log_prior
+          - outputs.log_posterior)
 
 
 def mean_image(likelihood: str, decoded: dict) -> jax.Array:

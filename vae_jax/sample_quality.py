@@ -204,7 +204,7 @@ def evaluate_sample_quality(model: nn.Module, params, likelihood: str, classifie
   real = _features_in_batches(
       functools.partial(_image_features, classifier_features_fn, classifier_params),
       (test_images_uint8,), batch_size)
-  noise = np.asarray(jax.random.normal(rng, (num_samples, model.noise_dim)))
+  noise = np.asarray(model.prior_noise(rng, num_samples))
   if model.conditional:
     test_labels = np.asarray(test_labels, np.int32)
     labels = sample_labels(test_labels, num_samples)

@@ -34,8 +34,8 @@ def reconstruct(model: nn.Module, params, images_uint8: jax.Array, labels: jax.A
 
 
 def _reconstruct_inputs(model, params, images, labels, likelihood):
-  mean, _ = model.apply({"params": params}, images, labels, method=model.encode)
-  decoded = model.apply({"params": params}, mean, labels, method=model.decode)
+  z = model.apply({"params": params}, images, labels, method=model.posterior_mean)
+  decoded = model.apply({"params": params}, z, labels, method=model.decode)
   return losses.mean_image(likelihood, decoded)
 
 
@@ -46,8 +46,8 @@ def decode_mean(model, params, z, labels, likelihood):
 
 
 def decode_prior_samples(model, params, noise, labels, likelihood):
-  """Mean images E[x|z(, y)] of prior samples drawn from noise (N, model.noise_dim) ~
-  N(0, I): z itself for one stochastic layer; z2 and then z1 ~ p(z1|z2) for two."""
+  """Mean images E[x|z(, y)] of the prior samples that noise (model.prior_noise's)
+  stands for, ancestral through every stochastic layer."""
   decoded = model.apply({"params": params}, noise, labels, method=model.decode_prior_sample)
   return losses.mean_image(likelihood, decoded)
 
@@ -60,16 +60,16 @@ def sample_prior(model: nn.Module, params, rng: jax.Array, labels: jax.Array | N
 
   A conditional model needs `labels` (num_samples,): the class of each sample.
   """
-  noise = jax.random.normal(rng, (num_samples, model.noise_dim))
-  return decode_prior_samples(model, params, noise, labels, likelihood)
+  return decode_prior_samples(model, params, model.prior_noise(rng, num_samples), labels,
+                              likelihood)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "binarization"))
 def posterior_means(model: nn.Module, params, images_uint8: jax.Array, labels: jax.Array,
                     rng: jax.Array, *, binarization: str) -> jax.Array:
-  """The means of q(z|x[, y]) of a batch of images, (N, latent_dim)."""
+  """The posterior points (model.posterior_mean) of a batch of images, (N, latent_dim)."""
   images = input_pipeline.to_model_input(images_uint8, binarization, rng)
-  return model.apply({"params": params}, images, labels, method=model.encode)[0]
+  return model.apply({"params": params}, images, labels, method=model.posterior_mean)
 
 
 def manifold_grid(size: int) -> np.ndarray:
@@ -94,14 +94,15 @@ def class_grid(model: nn.Module, params, rng: jax.Array, *, likelihood: str,
                samples_per_class: int) -> jax.Array:
   """(num_classes, samples_per_class, H, W, C) for a conditional model.
 
-  Column j uses the same z for every class, so a column holds the style fixed while the
-  label changes.
+  Column j uses the same prior noise for every class, so a column holds the style fixed
+  while the label changes.
   """
   num_classes = model.num_classes
-  z = jax.random.normal(rng, (samples_per_class, model.latent_dim))
-  z = jnp.broadcast_to(z, (num_classes,) + z.shape).reshape(-1, model.latent_dim)
+  noise = model.prior_noise(rng, samples_per_class)
+  noise = jnp.broadcast_to(noise, (num_classes,) + noise.shape).reshape(
+      (-1,) + noise.shape[1:])
   labels = jnp.repeat(jnp.arange(num_classes), samples_per_class)
-  images = decode_mean(model, params, z, labels, likelihood)
+  images = decode_prior_samples(model, params, noise, labels, likelihood)
   return images.reshape((num_classes, samples_per_class) + images.shape[1:])
 
 
@@ -118,8 +119,8 @@ def interpolate(model: nn.Module, params, starts_uint8: jax.Array, ends_uint8: j
   start_key, end_key = jax.random.split(rng)
   starts = input_pipeline.to_model_input(starts_uint8, binarization, start_key)
   ends = input_pipeline.to_model_input(ends_uint8, binarization, end_key)
-  z_start = model.apply({"params": params}, starts, start_labels, method=model.encode)[0]
-  z_end = model.apply({"params": params}, ends, end_labels, method=model.encode)[0]
+  z_start = model.apply({"params": params}, starts, start_labels, method=model.posterior_mean)
+  z_end = model.apply({"params": params}, ends, end_labels, method=model.posterior_mean)
   weights = jnp.linspace(0.0, 1.0, num_steps)[None, :, None]  # (1, steps, 1)
   z = (1 - weights) * z_start[:, None] + weights * z_end[:, None]
   labels = None
@@ -215,7 +216,7 @@ def make_figures(model, params, config, test_split: input_pipeline.Split, rng, *
   if cheap_only:
     return result
 
-  if model.latent_dim == 2:
+  if model.latent_dim == 2 and model.standard_normal_prior:  # A grid of N(0, I)'s quantiles.
     label = jnp.asarray(fig_config.label, jnp.int32) if model.conditional else None
     manifold = latent_manifold(model, params, label, likelihood=likelihood,
                                         size=fig_config.manifold_size)

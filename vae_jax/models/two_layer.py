@@ -5,10 +5,11 @@ conditionals are diagonal Gaussians from MLPs except p(x|z1), the likelihood hea
 paper's sizes: 200-200 hidden units between x and z1 (100 units), 100-100 between z1 and
 z2 (50 units). A conditional model feeds the label's one-hot to every network.
 
-The public methods match `VAE`'s, so losses, evaluators and figures take either model:
-`__call__` gives the log densities of joint samples (z1, z2); `encode` and `decode` work on
-the top latent z2 and pass z1 at its conditional mean, so prior samples, manifolds and
-interpolations are drawn in the space of p(z2) = N(0, I).
+It satisfies the model contract (vae_jax/models/contract.py) as `VAE` does, so losses,
+evaluators and figures take either: `__call__` gives the log densities of joint samples
+(z1, z2); `posterior_mean` and `decode` work on the top latent z2 and pass z1 at its
+conditional mean, so manifolds and interpolations are drawn in the space of
+p(z2) = N(0, I); prior samples are ancestral (`decode_prior_sample`).
 """
 
 import flax.linen as nn
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import losses
+from vae_jax.models.contract import Outputs
 from vae_jax.models.vae import join_condition, label_condition, reparameterize
 
 
@@ -48,6 +50,11 @@ class TwoLayerVAE(nn.Module):
     """One joint posterior sample (z1, z2) takes noise for both: dim z1 + dim z2."""
     return self.bottom_encoder.latent_dim + self.top_encoder.latent_dim
 
+  # The contract's properties (vae_jax/models/contract.py): `decode` takes z2, whose
+  # prior is N(0, I); each layer's posterior is a diagonal Gaussian.
+  gaussian_posterior = True
+  standard_normal_prior = True
+
   @property
   def mutual_information_omitted(self) -> str | None:
     """Why the latent diagnostics cannot split the KL into I(x; z) + marginal KL, or None.
@@ -78,6 +85,14 @@ class TwoLayerVAE(nn.Module):
     z1_mean, _ = self.top_decoder(z2, condition, train=train)
     return self._decode_z1(z1_mean, condition, train)
 
+  def posterior_mean(self, image: jax.Array, label=None) -> jax.Array:
+    """The mean of q(z2 | z1 = E_q[z1|x]): the figures' point, in decode's space."""
+    return self.encode(image, label)[0]
+
+  def prior_noise(self, rng: jax.Array, num: int) -> jax.Array:
+    """(num, noise_dim) ~ N(0, I): z1's noise then z2 itself, for decode_prior_sample."""
+    return jax.random.normal(rng, (num, self.noise_dim))
+
   def decode_prior_sample(self, noise: jax.Array, label=None,
                           train: bool = False) -> dict[str, jax.Array]:
     """p(x|z1)'s parameters for an ancestral sample z2 ~ p(z2), z1 ~ p(z1|z2) from noise
@@ -89,14 +104,13 @@ class TwoLayerVAE(nn.Module):
     z1 = reparameterize(z1_mean, z1_logvar, noise[..., :z1_dim])
     return self._decode_z1(z1, condition, train)
 
-  def __call__(self, image: jax.Array, eps: jax.Array, label=None, train: bool = False):
+  def __call__(self, image: jax.Array, eps: jax.Array, label=None,
+               train: bool = False) -> Outputs:
     """One example's joint samples (z1, z2) ~ q(z1|x) q(z2|z1); eps (k, noise_dim).
 
-    Returns a dict: `decoded` (the likelihood's parameters of p(x|z1) per sample),
-    `log_prior` log p(z1, z2) = log p(z2) + log p(z1|z2) and `log_posterior`
-    log q(z1, z2|x) per sample, and `kl_per_layer` (k, 2), their difference split into
-    z1's and z2's terms, with `units_per_layer` (free bits per layer). No analytic KL:
-    p(z1|z2) makes it intractable, so the losses estimate it from the samples.
+    The Outputs' log_prior is log p(z1, z2) = log p(z2) + log p(z1|z2), its kl None
+    (p(z1|z2) makes it intractable, so the losses estimate it from the samples), and its
+    kl_groups the sampled KL of z1 and of z2 (free bits per layer).
     """
     condition = self._condition(label)
     z1_dim = self.bottom_encoder.latent_dim
@@ -110,15 +124,14 @@ class TwoLayerVAE(nn.Module):
                  losses.standard_normal_log_density(z2))
     log_posterior = (losses.reparameterized_log_density(eps1, z1_logvar),
                      losses.reparameterized_log_density(eps2, z2_logvar))
-    return {
-        "decoded": self._decode_z1(z1, condition, train),
-        "log_prior": log_prior[1] + log_prior[0],
-        "log_posterior": log_posterior[0] + log_posterior[1],
-        # Each layer's share of log q - log p per sample, z1's then z2's (free bits).
-        "kl_per_layer": jnp.stack([log_posterior[0] - log_prior[0],
-                                   log_posterior[1] - log_prior[1]], axis=-1),
-        "units_per_layer": jnp.asarray([z1_dim, self.top_encoder.latent_dim], jnp.float32),
-    }
+    return Outputs(
+        decoded=self._decode_z1(z1, condition, train),
+        log_prior=log_prior[1] + log_prior[0],
+        log_posterior=log_posterior[0] + log_posterior[1],
+        # Each layer's share of log q - log p, z1's then z2's, over the samples.
+        kl_groups=jnp.mean(jnp.stack([log_posterior[0] - log_prior[0],
+                                      log_posterior[1] - log_prior[1]], axis=-1), axis=0),
+        kl_group_units=jnp.asarray([z1_dim, self.top_encoder.latent_dim], jnp.float32))
 
   def latent_layers(self, image: jax.Array, eps: jax.Array, label=None) -> list[dict]:
     """VAE.latent_layers for z1 and z2, from S joint samples (eps (S, noise_dim)).

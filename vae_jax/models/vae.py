@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import losses
+from vae_jax.models.contract import Outputs
 
 
 def reparameterize(mean: jax.Array, logvar: jax.Array, eps: jax.Array) -> jax.Array:
@@ -104,8 +105,11 @@ class VAE(nn.Module):
     """Size of the standard-normal noise behind one posterior sample (`eps` below)."""
     return self.encoder.latent_dim
 
-  # The prior N(0, I) does not depend on the label, so the latent diagnostics can split
-  # the KL into I(x, y; z) + KL(q(z) || p(z)) for conditional models too.
+  # The contract's properties (vae_jax/models/contract.py). The prior N(0, I) does not
+  # depend on the label, so the latent diagnostics can split the KL into I(x, y; z) +
+  # KL(q(z) || p(z)) for conditional models too.
+  gaussian_posterior = True
+  standard_normal_prior = True
   mutual_information_omitted = None
 
   def _condition(self, label) -> jax.Array | None:
@@ -120,28 +124,35 @@ class VAE(nn.Module):
     z = join_condition(z, self._condition(label))
     return self.head(self.decoder(z, train=train))
 
+  def posterior_mean(self, image: jax.Array, label=None) -> jax.Array:
+    """E_q[z|x[, y]], the figures' point of the posterior."""
+    return self.encode(image, label)[0]
+
+  def prior_noise(self, rng: jax.Array, num: int) -> jax.Array:
+    """(num, noise_dim) ~ N(0, I): z itself for decode_prior_sample."""
+    return jax.random.normal(rng, (num, self.noise_dim))
+
   def decode_prior_sample(self, noise: jax.Array, label=None,
                           train: bool = False) -> dict[str, jax.Array]:
     """`decode` of a prior sample: noise (..., noise_dim) ~ N(0, I) is z itself."""
     return self.decode(noise, label, train=train)
 
-  def __call__(self, image: jax.Array, eps: jax.Array, label=None, train: bool = False):
+  def __call__(self, image: jax.Array, eps: jax.Array, label=None,
+               train: bool = False) -> Outputs:
     """One example's samples z = mean + std * eps; eps (k, noise_dim) or (noise_dim,).
 
-    Returns a dict: `decoded` (the likelihood's parameters per sample), `log_prior`
-    log p(z) and `log_posterior` log q(z|x) per sample, `kl`, the analytic
-    KL(q(z|x) || p(z)) (one number; the losses prefer it to a sampled estimate), and
-    `kl_per_dim`, its terms per latent dimension (for free bits).
+    The Outputs' `kl` is the analytic KL(q(z|x) || p(z)) (the losses prefer it to a
+    sampled estimate), its `kl_groups` the KL of each latent dimension (free bits).
     """
     mean, logvar = self.encode(image, label, train=train)
     z = reparameterize(mean, logvar, eps)
-    return {
-        "decoded": self.decode(z, label, train=train),
-        "log_prior": losses.standard_normal_log_density(z),
-        "log_posterior": losses.reparameterized_log_density(eps, logvar),
-        "kl": losses.gaussian_kl(mean, logvar),
-        "kl_per_dim": losses.gaussian_kl_per_dim(mean, logvar),
-    }
+    return Outputs(
+        decoded=self.decode(z, label, train=train),
+        log_prior=losses.standard_normal_log_density(z),
+        log_posterior=losses.reparameterized_log_density(eps, logvar),
+        kl=losses.gaussian_kl(mean, logvar),
+        kl_groups=losses.gaussian_kl_per_dim(mean, logvar),
+        kl_group_units=jnp.ones(mean.shape[-1:], jnp.float32))
 
   def latent_layers(self, image: jax.Array, eps: jax.Array, label=None) -> list[dict]:
     """What each stochastic layer does for ONE example, for the latent diagnostics
