@@ -21,6 +21,7 @@ from vae_jax import input_pipeline
 from vae_jax import models
 from vae_jax import steps
 from vae_jax import train
+from vae_jax import workdir as workdir_lib
 
 
 def _group_configs():
@@ -175,3 +176,23 @@ def test_summary_numbers_are_the_evaluators_names():
   assert evaluators.summary_numbers(result) == {
       "neg_elbo_nats": 1.0, "kl_nats": 2.0, "active_units": 3, "nll_nats": 4.0,
       "active_units_z1": 2, "kl_nats_z1": 1.5, "active_units_z2": 1, "kl_nats_z2": 0.5}
+
+
+def test_eval_json_merges_the_same_parameters_and_keeps_each_split_apart(tmp_path):
+  workdir = str(tmp_path)
+  trained = {"split": "test", "step": 50, "weights": "raw", "neg_elbo_nats": 100.0,
+             "nll_nats": 95.0, "nll_during_training": [{"epoch": 1, "nll_nats": 99.0}]}
+  workdir_lib.write_eval(workdir, trained)
+  # Another evaluation of the same parameters keeps what it does not recompute.
+  workdir_lib.write_eval(workdir, {"split": "test", "step": 50, "weights": "raw",
+                                   "neg_elbo_nats": 100.0, "sample_quality": {"fd": 3.0}})
+  assert workdir_lib.read_eval(workdir) == {**trained, "sample_quality": {"fd": 3.0}}
+  # Another split writes its own file.
+  workdir_lib.write_eval(workdir, {"split": "validation", "step": 50, "weights": "raw",
+                                   "neg_elbo_nats": 101.0})
+  assert workdir_lib.read_eval(workdir)["neg_elbo_nats"] == 100.0
+  assert workdir_lib.read_eval(workdir, "validation")["neg_elbo_nats"] == 101.0
+  # Other parameters (a later step, or the moving average) replace the file.
+  later = {"split": "test", "step": 80, "weights": "raw", "neg_elbo_nats": 98.0}
+  workdir_lib.write_eval(workdir, later)
+  assert workdir_lib.read_eval(workdir) == later
