@@ -60,8 +60,9 @@ def sample_prior(model: nn.Module, params, rng: jax.Array, labels: jax.Array | N
 
   A conditional model needs `labels` (num_samples,): the class of each sample.
   """
-  return decode_prior_samples(model, params, model.prior_noise(rng, num_samples), labels,
-                              likelihood)
+  decoded = model.apply({"params": params}, rng, num_samples, labels,
+                        method=model.sample_prior)
+  return losses.mean_image(likelihood, decoded)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "binarization"))

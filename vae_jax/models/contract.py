@@ -20,6 +20,8 @@ class Outputs:
   """One example's k posterior samples z_j = f(x, eps_j), from model(image, eps, label).
 
   Attributes:
+    z: the samples themselves, (k, total latent units): every stochastic layer's,
+      nearest x first, concatenated.
     decoded: the likelihood's parameters of p(x|z_j) per sample (the head's dict).
     log_prior: log p(z_j), shape (k,).
     log_posterior: log q(z_j|x), shape (k,).
@@ -31,6 +33,7 @@ class Outputs:
     kl_group_units: the latent units in each group, (G,): a group's floor is free_bits
       (nats per unit) times its units.
   """
+  z: jax.Array
   decoded: dict
   log_prior: jax.Array
   log_posterior: jax.Array
@@ -91,6 +94,10 @@ class Family(Protocol):
   def decode_prior_sample(self, noise: jax.Array, label=None, train: bool = False) -> dict:
     """The likelihood's parameters of p(x|z[, y]) for the prior samples that `noise`
     (from prior_noise) stands for, ancestral through every stochastic layer."""
+
+  def sample_prior(self, rng: jax.Array, num: int, label=None) -> dict:
+    """decode_prior_sample of prior_noise(rng, num): `num` prior samples' likelihood
+    parameters, of class `label` (one per sample) for a conditional model."""
 
   def latent_layers(self, image: jax.Array, eps: jax.Array, label=None) -> list[dict]:
     """Per stochastic layer, nearest x first, what the latent diagnostics need for ONE

@@ -93,6 +93,10 @@ class TwoLayerVAE(nn.Module):
     """(num, noise_dim) ~ N(0, I): z1's noise then z2 itself, for decode_prior_sample."""
     return jax.random.normal(rng, (num, self.noise_dim))
 
+  def sample_prior(self, rng: jax.Array, num: int, label=None) -> dict[str, jax.Array]:
+    """`num` prior samples' likelihood parameters (the contract's composition)."""
+    return self.decode_prior_sample(self.prior_noise(rng, num), label)
+
   def decode_prior_sample(self, noise: jax.Array, label=None,
                           train: bool = False) -> dict[str, jax.Array]:
     """p(x|z1)'s parameters for an ancestral sample z2 ~ p(z2), z1 ~ p(z1|z2) from noise
@@ -125,6 +129,7 @@ class TwoLayerVAE(nn.Module):
     log_posterior = (losses.reparameterized_log_density(eps1, z1_logvar),
                      losses.reparameterized_log_density(eps2, z2_logvar))
     return Outputs(
+        z=jnp.concatenate([z1, z2], axis=-1),
         decoded=self._decode_z1(z1, condition, train),
         log_prior=log_prior[1] + log_prior[0],
         log_posterior=log_posterior[0] + log_posterior[1],

@@ -132,6 +132,10 @@ class VAE(nn.Module):
     """(num, noise_dim) ~ N(0, I): z itself for decode_prior_sample."""
     return jax.random.normal(rng, (num, self.noise_dim))
 
+  def sample_prior(self, rng: jax.Array, num: int, label=None) -> dict[str, jax.Array]:
+    """`num` prior samples' likelihood parameters (the contract's composition)."""
+    return self.decode_prior_sample(self.prior_noise(rng, num), label)
+
   def decode_prior_sample(self, noise: jax.Array, label=None,
                           train: bool = False) -> dict[str, jax.Array]:
     """`decode` of a prior sample: noise (..., noise_dim) ~ N(0, I) is z itself."""
@@ -147,6 +151,7 @@ class VAE(nn.Module):
     mean, logvar = self.encode(image, label, train=train)
     z = reparameterize(mean, logvar, eps)
     return Outputs(
+        z=z,
         decoded=self.decode(z, label, train=train),
         log_prior=losses.standard_normal_log_density(z),
         log_posterior=losses.reparameterized_log_density(eps, logvar),

@@ -1,0 +1,191 @@
+"""The model contract (vae_jax/models/contract.py), checked for every family the same way.
+
+Each family below is a small model of a shipped config's kind. Every check runs on every
+family; what a family cannot meet is skipped with its reason in one line, in FAMILIES.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.helpers import tiny_config
+from vae_jax import losses
+from vae_jax import models
+from vae_jax import steps
+from vae_jax.models import contract
+
+
+def _config(name="mlp", *, likelihood="bernoulli", latent_dim=3, conditional=False,
+            stochastic_layers=1):
+  config = tiny_config()
+  config.model.name = name
+  config.model.likelihood = likelihood
+  config.model.latent_dim = latent_dim
+  config.model.conditional = conditional
+  config.model.stochastic_layers = stochastic_layers
+  config.model.conv.encoder_features = config.model.conv.decoder_features = (4, 4, 4)
+  config.model.top_layer.hidden_dims, config.model.top_layer.latent_dim = (8,), 2
+  return config
+
+
+# name -> the config of a small model of that family's kind.
+FAMILIES = {
+    "mlp": _config(),  # configs/mlp.py's kind
+    "conv": _config("conv", likelihood="gaussian"),  # configs/conv.py's
+    "mlp2d": _config(likelihood="gaussian", latent_dim=2),  # configs/mlp2d.py's
+    "cvae": _config(likelihood="gaussian", latent_dim=2, conditional=True),  # configs/cvae.py's
+    "two_layer": _config(stochastic_layers=2),  # configs/iwae.py:layers=2's
+    "two_layer_conditional": _config(stochastic_layers=2, conditional=True),
+}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request):
+  config = FAMILIES[request.param]
+  model = models.get_model(config.model)
+  params = steps.create_train_state(model, config, jax.random.key(0)).params
+  # Away from the initialization's symmetries, as a trained model would be.
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = jax.tree.unflatten(tree, [leaf + 0.1 * jax.random.normal(key, leaf.shape)
+                                     for leaf, key in zip(leaves, keys)])
+  return request.param, config, model, params
+
+
+def _apply(model, params, images, eps, labels):
+  """The model on each image with its eps, as one jitted program (vmapped)."""
+  return jax.jit(jax.vmap(lambda x, e, y: model.apply({"params": params}, x, e, y)))(
+      images, eps, labels)
+
+
+def test_the_family_meets_the_contract(family):
+  _, _, model, _ = family
+  assert isinstance(model, contract.Family)
+  assert model.noise_dim >= model.latent_dim > 0
+  assert isinstance(model.gaussian_posterior, bool)
+  assert isinstance(model.standard_normal_prior, bool)
+  assert model.mutual_information_omitted is None or model.mutual_information_omitted
+
+
+@pytest.mark.parametrize("batch_size, num_samples", [(1, 1), (7, 1), (7, 5)])
+def test_outputs_have_their_shapes_and_a_batch_equals_its_examples(family, batch_size,
+                                                                   num_samples):
+  _, _, model, params = family
+  images = jax.random.uniform(jax.random.key(2), (batch_size, 28, 28, 1))
+  eps = jax.random.normal(jax.random.key(3), (batch_size, num_samples, model.noise_dim))
+  labels = jnp.arange(batch_size, dtype=jnp.int32) % 10
+  outputs = _apply(model, params, images, eps, labels)
+  assert isinstance(outputs, contract.Outputs)
+  assert outputs.log_prior.shape == outputs.log_posterior.shape == (batch_size, num_samples)
+  per_example = (num_samples, 28, 28, 1)
+  for value in jax.tree.leaves(outputs.decoded):  # A fixed variance has no sample axis.
+    assert value.shape[0] == batch_size
+    assert np.broadcast_shapes(value.shape[1:], per_example) == per_example, value.shape
+  if outputs.kl is not None:
+    assert outputs.kl.shape == (batch_size,)
+  assert outputs.kl_groups.shape == outputs.kl_group_units.shape
+  assert outputs.kl_groups.shape[0] == batch_size
+  # Each example alone gives the batch's numbers (1e-5).
+  for index in (0, batch_size - 1):
+    alone = jax.jit(lambda x, e, y: model.apply({"params": params}, x, e, y))(
+        images[index], eps[index], labels[index])
+    np.testing.assert_allclose(alone.log_prior, outputs.log_prior[index], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(alone.log_posterior, outputs.log_posterior[index], rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_the_same_key_gives_the_same_bits(family):
+  _, config, model, params = family
+  terms = jax.jit(lambda key: losses.elbo_terms(
+      model, {"params": params}, jnp.full((28, 28, 1), 0.3), 1, key,
+      likelihood=config.model.likelihood, num_samples=3))
+  first, second = terms(jax.random.key(4)), terms(jax.random.key(4))
+  for name in first:
+    np.testing.assert_array_equal(first[name], second[name])
+  assert float(terms(jax.random.key(5))["neg_elbo_nats"]) != float(first["neg_elbo_nats"])
+
+
+def _one_unit_per_layer(config):
+  """The family's config with one latent unit per stochastic layer."""
+  config = config.copy_and_resolve_references()
+  config.model.latent_dim = config.model.top_layer.latent_dim = 1
+  return config
+
+
+@pytest.mark.slow  # A grid of 20,000 (or 360,000) latent points per family.
+def test_the_densities_integrate_to_one(family):
+  """On the family with one latent unit per layer: the integrals of q(z|x) and of p(z)
+  over z, numerically (the trapezoid rule over z(eps) for eps on a grid, times the
+  Jacobian |dz/deps|, which a triangular q makes the product of each unit's
+  derivative), are 1 to 1e-3."""
+  name, config, _, _ = family
+  config = _one_unit_per_layer(config)
+  model = models.get_model(config.model)
+  params = steps.create_train_state(model, config, jax.random.key(0)).params
+  image, label = jnp.full((28, 28, 1), 0.3), jnp.asarray(3, jnp.int32)
+  width = 30.0 if model.noise_dim == 1 else 12.0  # In eps: the prior is reached too.
+  points = 20_001 if model.noise_dim == 1 else 601
+  axis = np.linspace(-width, width, points)
+  grid = np.stack(np.meshgrid(*[axis] * model.noise_dim, indexing="ij"), -1)
+  eps = jnp.asarray(grid.reshape(-1, model.noise_dim), jnp.float32)
+
+  def outputs_and_jacobian(e):
+    outputs = model.apply({"params": params}, image, e[None], label)
+    jacobian = jax.jacfwd(lambda ee: model.apply({"params": params}, image, ee[None],
+                                                 label).z[0])(e)
+    return outputs.log_prior[0], outputs.log_posterior[0], jnp.abs(jnp.linalg.det(jacobian))
+
+  log_prior, log_posterior, jacobian = jax.jit(jax.vmap(outputs_and_jacobian))(eps)
+  shape = (points,) * model.noise_dim
+
+  def integral(log_density):
+    values = (np.exp(np.asarray(log_density, np.float64)) * np.asarray(jacobian, np.float64))
+    values = values.reshape(shape)
+    for _ in range(model.noise_dim):
+      values = np.trapezoid(values, axis, axis=0)
+    return values
+
+  np.testing.assert_allclose(integral(log_posterior), 1.0, atol=1e-3, err_msg=name)
+  np.testing.assert_allclose(integral(log_prior), 1.0, atol=1e-3, err_msg=name)
+
+
+@pytest.mark.slow  # 20,000 posterior samples per family.
+def test_the_closed_form_kl_is_the_samples_mean_and_the_groups_split_the_kl(family):
+  """Where the family gives a closed-form KL, it equals the mean of log q - log p over
+  20,000 posterior samples (4 standard errors); the free-bits groups sum to the KL."""
+  _, _, model, params = family
+  num = 20_000
+  eps = jax.random.normal(jax.random.key(6), (1, num, model.noise_dim))
+  outputs = _apply(model, params, jnp.full((1, 28, 28, 1), 0.3), eps,
+                   jnp.asarray([3], jnp.int32))
+  sampled = np.asarray(outputs.log_posterior[0] - outputs.log_prior[0], np.float64)
+  if outputs.kl is not None:
+    assert abs(float(outputs.kl[0]) - sampled.mean()) < 4 * sampled.std() / np.sqrt(num)
+    np.testing.assert_allclose(float(jnp.sum(outputs.kl_groups[0])), float(outputs.kl[0]),
+                               rtol=1e-5)
+  else:
+    np.testing.assert_allclose(float(jnp.sum(outputs.kl_groups[0])), sampled.mean(),
+                               rtol=1e-4)
+
+
+def test_prior_samples_decode_for_every_label(family):
+  _, config, model, params = family
+  labels = jnp.arange(4, dtype=jnp.int32)
+  decoded = jax.jit(lambda key: model.apply({"params": params}, key, 4, labels,
+                                            method=model.sample_prior))(jax.random.key(7))
+  images = losses.mean_image(config.model.likelihood, decoded)
+  assert images.shape == (4, 28, 28, 1)
+  assert bool(jnp.all((images >= 0) & (images <= 1)))
+  # The same noise decoded through decode_prior_sample gives the same samples.
+  noise = model.prior_noise(jax.random.key(7), 4)
+  again = jax.jit(lambda n: model.apply({"params": params}, n, labels,
+                                        method=model.decode_prior_sample))(noise)
+  for value, other in zip(jax.tree.leaves(decoded), jax.tree.leaves(again)):
+    # Two programs: the random normals may round differently in the last bit.
+    np.testing.assert_allclose(value, other, rtol=1e-5, atol=1e-6)
+  # posterior_mean lives in decode's space.
+  point = jax.jit(lambda x: model.apply({"params": params}, x, labels[:1],
+                                        method=model.posterior_mean))(
+                                            jnp.full((1, 28, 28, 1), 0.3))
+  assert point.shape == (1, model.latent_dim)
