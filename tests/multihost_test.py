@@ -69,13 +69,15 @@ def test_two_processes_train_the_parameters_of_one_and_survive_a_killed_one(
          f"--workdir={workdir}", *distributed], cwd=REPO_ROOT, env=_env(mnist_manual_dir),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-  # At once (they wait on each other anyway): one process alone, a pair, and a pair whose
-  # process 1 is killed at step 50.
+  # One process alone beside a pair; then, once the pair's programs are in the test's
+  # XLA cache (conftest.py), a pair whose process 1 is killed at step 50.
   single, multi, killed = tmp_path / "single", tmp_path / "multi", tmp_path / "killed"
-  ports = (_free_port(), _free_port())
-  processes = [start(single)] + [start(multi, index, ports[0]) for index in (0, 1)] + [
-      start(killed, index, ports[1], _KILLED_AT_50) for index in (0, 1)]
+  port = _free_port()
+  processes = [start(single)] + [start(multi, index, port) for index in (0, 1)]
   outputs = [process.communicate(timeout=600) for process in processes]
+  port = _free_port()
+  processes += [start(killed, index, port, _KILLED_AT_50) for index in (0, 1)]
+  outputs += [process.communicate(timeout=600) for process in processes[3:]]
   for process, (_, stderr) in zip(processes[:3], outputs[:3]):
     assert process.returncode == 0, stderr[-5000:]
   assert "JAX process 0 of 2" in outputs[1][1] and "JAX process 1 of 2" in outputs[2][1]
