@@ -1,7 +1,7 @@
 """The model contract (vae_jax/models/contract.py), checked for every family the same way.
 
-Each family below is a small model of a shipped config's kind. Every check runs on every
-family; what a family cannot meet is skipped with its reason in one line, in FAMILIES.
+Every check runs on a small model of each example that a registered family gives
+(models.FAMILIES); what a family cannot meet is skipped with its reason in one line.
 """
 
 import jax
@@ -9,35 +9,30 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import tiny_config
+from tests.helpers import assert_refused, perturbed, tiny_config
 from vae_jax import losses
 from vae_jax import models
 from vae_jax import steps
 from vae_jax.models import contract
 
 
-def _config(name="mlp", *, likelihood="bernoulli", latent_dim=3, conditional=False,
-            stochastic_layers=1):
+def _small_config(family: str, overrides: dict):
+  """A small model of `family`: the test config with 3 latent units (2 for z2), narrow
+  conv layers, and the family's example overrides."""
   config = tiny_config()
-  config.model.name = name
-  config.model.likelihood = likelihood
-  config.model.latent_dim = latent_dim
-  config.model.conditional = conditional
-  config.model.stochastic_layers = stochastic_layers
+  config.model.family = family
+  config.model.latent_dim = 3
   config.model.conv.encoder_features = config.model.conv.decoder_features = (4, 4, 4)
   config.model.top_layer.hidden_dims, config.model.top_layer.latent_dim = (8,), 2
+  config.update_from_flattened_dict(overrides)
   return config
 
 
-# name -> the config of a small model of that family's kind.
-FAMILIES = {
-    "mlp": _config(),  # configs/mlp.py's kind
-    "conv": _config("conv", likelihood="gaussian"),  # configs/conv.py's
-    "mlp2d": _config(likelihood="gaussian", latent_dim=2),  # configs/mlp2d.py's
-    "cvae": _config(likelihood="gaussian", latent_dim=2, conditional=True),  # configs/cvae.py's
-    "two_layer": _config(stochastic_layers=2),  # configs/iwae.py:layers=2's
-    "two_layer_conditional": _config(stochastic_layers=2, conditional=True),
-}
+# Every registered family's examples (their Registration.examples): registering a family
+# is enough to get it checked here.
+FAMILIES = {name: _small_config(family, overrides)
+            for family, registration in models.FAMILIES.items()
+            for name, overrides in registration.examples.items()}
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -45,11 +40,7 @@ def family(request):
   config = FAMILIES[request.param]
   model = models.get_model(config.model)
   params = steps.create_train_state(model, config, jax.random.key(0)).params
-  # Away from the initialization's symmetries, as a trained model would be.
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = jax.tree.unflatten(tree, [leaf + 0.1 * jax.random.normal(key, leaf.shape)
-                                     for leaf, key in zip(leaves, keys)])
+  params = perturbed(params)  # Away from the initialization's symmetries.
   return request.param, config, model, params
 
 
@@ -189,3 +180,9 @@ def test_prior_samples_decode_for_every_label(family):
                                         method=model.posterior_mean))(
                                             jnp.full((1, 28, 28, 1), 0.3))
   assert point.shape == (1, model.latent_dim)
+
+
+def test_a_family_the_registry_does_not_know_is_refused_by_name():
+  assert_refused(tiny_config(), {"model.family": "flow"},
+                 f"config.model.family='flow' is not one of "
+                 f"{', '.join(map(repr, models.FAMILIES))}")

@@ -5,6 +5,7 @@ import collections
 import contextlib
 import os
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -72,6 +73,23 @@ def fixed_batch_step(model, config, mesh):
     return state, jax.tree.map(lambda value: value[0], metrics)
 
   return step
+
+
+def perturbed(params, scale=0.1, seed=1):
+  """params + scale * N(0, 1) noise: away from the initialization's symmetries (zero
+  biases, a decoder that ignores z), as a trained model would be."""
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(tree, [leaf + scale * jax.random.normal(key, leaf.shape)
+                                   for leaf, key in zip(leaves, keys)])
+
+
+def assert_refused(config, overrides: dict, message: str):
+  """config with `overrides` fails config_schema.validate with `message` in its text."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  config.update_from_flattened_dict(overrides)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    config_schema.validate(config)
 
 
 def jit_apply(model):

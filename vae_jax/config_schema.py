@@ -52,6 +52,19 @@ STATICALLY_BINARIZED_DATASETS = ("binarized_mnist",)
 UNLABELLED_DATASETS = ("binarized_mnist",)
 
 
+def _registered_families() -> dict:
+  # Imported when called, not with this module: the models import the input pipeline,
+  # which imports this module (the schema comes first in the import order).
+  from vae_jax import models  # pylint: disable=g-import-not-at-top
+  return models.FAMILIES
+
+
+def _family_configs() -> dict[str, ml_collections.ConfigDict]:
+  """config.model.<family>: each registered family's own keys, from its module."""
+  return {name: registration.config() for name, registration in _registered_families().items()
+          if registration.config is not None}
+
+
 def default_config() -> ml_collections.ConfigDict:
   """All keys with neutral defaults (seed 000's MLP VAE on grayscale MNIST)."""
   config = ml_collections.ConfigDict()
@@ -73,6 +86,11 @@ def default_config() -> ml_collections.ConfigDict:
   config.data.validation_size = 5000
 
   config.model = ml_collections.ConfigDict()
+  # The family: a name in vae_jax/models' registry, FAMILIES ('vae': Gaussian posterior,
+  # N(0, I) prior, one or two stochastic layers). A family's own keys are under
+  # config.model.<family>, with the defaults its module gives (_family_configs).
+  config.model.family = "vae"
+  # The backbone: the encoder and decoder networks every family builds on.
   config.model.name = "mlp"
   # Conditional: the label's one-hot goes to the encoder and joins z at the decoder input.
   config.model.conditional = False
@@ -110,6 +128,8 @@ def default_config() -> ml_collections.ConfigDict:
   # sigma^2 when fixed: 1.0 gives 0.5 * squared error + const; 0.5 the squared error + const.
   config.model.gaussian_fixed_variance = 1.0
   config.model.gaussian_min_variance = 1e-3  # Floor of a learned variance.
+  for family, family_config in _family_configs().items():
+    config.model[family] = family_config
 
   config.loss = ml_collections.ConfigDict()
   config.loss.objective = "elbo"
@@ -477,6 +497,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(0 <= config.figures.label < config.model.num_classes,
             f"config.figures.label={config.figures.label!r} must be in "
             f"[0, config.model.num_classes={config.model.num_classes}).")
+
+  families = _registered_families()
+  if config.model.family not in families:
+    errors.append(f"config.model.family={config.model.family!r} is not one of "
+                  f"{', '.join(map(repr, families))} (the families vae_jax/models registers).")
+  else:
+    errors.extend(families[config.model.family].validate(config))
 
   if errors:
     raise ValueError("Invalid config:\n  " + "\n  ".join(errors))

@@ -214,24 +214,30 @@ def latent_diagnostics(layers: list[dict], mutual_information_omitted: str | Non
   """
   per_layer = []
   for index, layer in enumerate(layers, start=1):
-    kl_per_dim = np.asarray(layer["kl_per_dim"], np.float64).mean(axis=0)
+    # A prior that does not factorize over dimensions (a mixture) gives the layer's KL
+    # `kl` per example, and no split by dimension.
+    kl_per_dim = (np.asarray(layer["kl_per_dim"], np.float64).mean(axis=0)
+                  if "kl_per_dim" in layer else None)
     posterior_mean = np.asarray(layer["posterior_mean"], np.float64)
     activity = posterior_mean.var(axis=0)
     if "posterior_mean_variance" in layer:
       sampling = np.asarray(layer["posterior_mean_variance"], np.float64).mean(axis=0)
       num_examples = len(posterior_mean)
       activity = np.maximum(activity - (num_examples - 1) / num_examples * sampling, 0.0)
-    per_layer.append({"layer": index, "kl_nats": float(kl_per_dim.sum()),
-                      "kl_per_dim": kl_per_dim.tolist(), "activity": activity.tolist(),
+    per_layer.append({"layer": index, "activity": activity.tolist(),
                       "active_units": int(np.sum(activity > ACTIVITY_THRESHOLD)),
                       "num_units": int(len(activity))})
+    if kl_per_dim is None:
+      per_layer[-1]["kl_nats"] = float(np.mean(np.asarray(layer["kl"], np.float64)))
+    else:
+      per_layer[-1].update(kl_nats=float(kl_per_dim.sum()), kl_per_dim=kl_per_dim.tolist())
   kl = sum(layer["kl_nats"] for layer in per_layer)
   bottom = layers[0]
   result = {"latent_layers": per_layer,
             "active_units": sum(layer["active_units"] for layer in per_layer),
             "num_units": sum(layer["num_units"] for layer in per_layer),
             "latent_kl_nats": kl,
-            "latent_diagnostics_examples": int(np.shape(bottom["kl_per_dim"])[0])}
+            "latent_diagnostics_examples": int(np.shape(bottom["posterior_mean"])[0])}
   if mutual_information_omitted:
     result["mutual_information_omitted"] = mutual_information_omitted
     return result

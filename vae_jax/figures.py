@@ -287,12 +287,15 @@ def nll_by_epoch(nll_epochs, nll, stderr, elbo_epochs, neg_elbo, reference=None,
 def kl_per_dimension(kl_per_dim_by_layer, activity_by_layer, threshold: float,
                      title: str = "") -> plt.Figure:
   """Each layer's mean KL per latent dimension, dimensions sorted by KL (largest first),
-  the active ones (activity above `threshold`) filled, the inactive ones hollow."""
+  the active ones (activity above `threshold`) filled, the inactive ones hollow. A layer
+  whose KL has no split by dimension (None: a mixture prior) shows its activity instead."""
   num_layers = len(kl_per_dim_by_layer)
   fig, axes = plt.subplots(1, num_layers, figsize=(5.5 * num_layers, 3.8), squeeze=False)
   for index, (axis, kl, activity) in enumerate(zip(axes[0], kl_per_dim_by_layer,
                                                    activity_by_layer), start=1):
-    kl, activity = np.asarray(kl), np.asarray(activity)
+    activity = np.asarray(activity)
+    by_activity = kl is None
+    kl = activity if by_activity else np.asarray(kl)
     order = np.argsort(-kl)
     active = activity[order] > threshold
     positions = np.arange(len(kl))
@@ -300,8 +303,10 @@ def kl_per_dimension(kl_per_dim_by_layer, activity_by_layer, threshold: float,
              label=f"active ({int(active.sum())})")
     axis.bar(positions[~active], kl[order][~active], color="none", edgecolor="tab:gray",
              label=f"inactive ({int((~active).sum())})")
-    axis.set_xlabel("latent dimension, by KL" + (f" (z{index})" if num_layers > 1 else ""))
-    axis.set_ylabel("mean KL (nats)")
+    axis.set_xlabel(f"latent dimension, by {'activity' if by_activity else 'KL'}"
+                    + (f" (z{index})" if num_layers > 1 else ""))
+    axis.set_ylabel("activity Var_x(E[z|x]) (the prior has no KL per dimension)"
+                    if by_activity else "mean KL (nats)")
     axis.grid(alpha=0.3, axis="y")
     axis.legend()
   _finish(fig, title or "KL per latent dimension")

@@ -294,7 +294,7 @@ def nll_figure(result: dict):
 def latent_figure(result: dict):
   """kl_per_dimension.png's figure from a result with latent_diagnostics."""
   return figures.kl_per_dimension(
-      [layer["kl_per_dim"] for layer in result["latent_layers"]],
+      [layer.get("kl_per_dim") for layer in result["latent_layers"]],
       [layer["activity"] for layer in result["latent_layers"]],
       threshold=evaluators.ACTIVITY_THRESHOLD,
       title=f"{result.get('split', 'test')} KL per latent dimension")

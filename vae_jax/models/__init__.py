@@ -1,10 +1,12 @@
-"""Model families, built from `config.model` by `get_model`."""
+"""Model families: the registry FAMILIES, and `get_model`, which builds the one that
+`config.model` names."""
 
 import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vae_jax.models import contract
 from vae_jax.models import conv
 from vae_jax.models import mlp
 from vae_jax.models import two_layer
@@ -46,8 +48,44 @@ def _head(model_config) -> nn.Module:
                       min_variance=model_config.gaussian_min_variance)
 
 
-def get_model(model_config, dtype: str = "float32") -> VAE | two_layer.TwoLayerVAE:
-  """A pure VAE module for `config.model` (read here, once, outside any jitted code).
+def _build_vae(model_config, parts: contract.Parts) -> VAE | TwoLayerVAE:
+  """The Gaussian VAE with N(0, I) prior: one stochastic layer, or Burda et al.'s two."""
+  if model_config.stochastic_layers == 2:
+    top = model_config.top_layer
+    top_hidden_dims = tuple(top.hidden_dims)
+    return two_layer.TwoLayerVAE(
+        bottom_encoder=parts.encoder,
+        top_encoder=mlp.GaussianMLP(top_hidden_dims, top.latent_dim, parts.activation,
+                                    parts.kernel_init, parts.dropout_rate, parts.dtype),
+        top_decoder=mlp.GaussianMLP(tuple(reversed(top_hidden_dims)),
+                                    model_config.latent_dim, parts.activation,
+                                    parts.kernel_init, parts.dropout_rate, parts.dtype),
+        decoder=parts.decoder, head=parts.head, num_classes=parts.num_classes)
+  return VAE(encoder=parts.encoder, decoder=parts.decoder, head=parts.head,
+             num_classes=parts.num_classes)
+
+
+# The registry: config.model.family -> its Registration (vae_jax/models/contract.py). A new
+# family is one module with its REGISTRATION, and its line here.
+FAMILIES = {
+    "vae": contract.Registration(
+        build=_build_vae,
+        examples={  # A small model of each shipped config's kind.
+            "mlp": {},  # configs/mlp.py
+            "conv": {"model.name": "conv", "model.likelihood": "gaussian"},  # conv.py
+            "mlp2d": {"model.likelihood": "gaussian", "model.latent_dim": 2},  # mlp2d.py
+            "cvae": {"model.likelihood": "gaussian", "model.latent_dim": 2,  # cvae.py
+                     "model.conditional": True},
+            "two_layer": {"model.stochastic_layers": 2},  # iwae.py:layers=2
+            "two_layer_conditional": {"model.stochastic_layers": 2,
+                                      "model.conditional": True},
+        }),
+}
+
+
+def get_model(model_config, dtype: str = "float32") -> contract.Family:
+  """A pure module of the family `config.model.family`, built from `config.model` (read
+  here, once, outside any jitted code).
 
   `dtype` (config.dtype) is the dtype of the networks' computation; parameters, the
   sampling and the losses are float32 whatever it is.
@@ -78,21 +116,16 @@ def get_model(model_config, dtype: str = "float32") -> VAE | two_layer.TwoLayerV
         kernel_init=kernel_init, dropout_rate=dropout_rate, dtype=compute_dtype)
   else:
     raise ValueError(f"Unknown config.model.name={model_config.name!r}.")
-  num_classes = model_config.num_classes if model_config.conditional else 0
-  if model_config.stochastic_layers == 2:
-    top = model_config.top_layer
-    top_hidden_dims = tuple(top.hidden_dims)
-    return two_layer.TwoLayerVAE(
-        bottom_encoder=encoder,
-        top_encoder=mlp.GaussianMLP(top_hidden_dims, top.latent_dim, activation,
-                                    kernel_init, dropout_rate, compute_dtype),
-        top_decoder=mlp.GaussianMLP(tuple(reversed(top_hidden_dims)),
-                                    model_config.latent_dim, activation, kernel_init,
-                                    dropout_rate, compute_dtype),
-        decoder=decoder, head=_head(model_config), num_classes=num_classes)
-  return VAE(encoder=encoder, decoder=decoder, head=_head(model_config),
-             num_classes=num_classes)
+  if model_config.family not in FAMILIES:
+    raise ValueError(f"Unknown config.model.family={model_config.family!r}; registered: "
+                     f"{', '.join(map(repr, FAMILIES))}.")
+  parts = contract.Parts(
+      encoder=encoder, decoder=decoder, head=_head(model_config),
+      num_classes=model_config.num_classes if model_config.conditional else 0,
+      image_shape=IMAGE_SHAPE, activation=activation, kernel_init=kernel_init,
+      dropout_rate=dropout_rate, dtype=compute_dtype)
+  return FAMILIES[model_config.family].build(model_config, parts)
 
 
-__all__ = ["VAE", "TwoLayerVAE", "BernoulliHead", "GaussianHead", "get_model", "reparameterize",
-           "IMAGE_SHAPE"]
+__all__ = ["VAE", "TwoLayerVAE", "BernoulliHead", "GaussianHead", "FAMILIES", "get_model",
+           "reparameterize", "IMAGE_SHAPE"]

@@ -9,10 +9,13 @@ needs more than the contract promises, it checks the model's properties
 assuming them.
 """
 
-from typing import Protocol, runtime_checkable
+import dataclasses
+from typing import Callable, Protocol, runtime_checkable
 
+import flax.linen as nn
 import flax.struct
 import jax
+import ml_collections
 
 
 @flax.struct.dataclass
@@ -102,3 +105,39 @@ class Family(Protocol):
   def latent_layers(self, image: jax.Array, eps: jax.Array, label=None) -> list[dict]:
     """Per stochastic layer, nearest x first, what the latent diagnostics need for ONE
     example from S samples eps (S, noise_dim)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+  """What `models.get_model` builds from `config.model` for every family: the backbone
+  (`model.name`) and the likelihood head, and what a family needs to build more layers
+  in the same style."""
+  encoder: nn.Module  # (image, condition, train) -> (mean, logvar) of a diagonal Gaussian.
+  decoder: nn.Module  # (z [+ condition], train) -> one raw output per pixel.
+  head: nn.Module  # Raw outputs -> the likelihood's parameters.
+  num_classes: int  # > 0 for a conditional model.
+  image_shape: tuple[int, ...]
+  activation: Callable[[jax.Array], jax.Array]
+  kernel_init: nn.initializers.Initializer
+  dropout_rate: float
+  dtype: jax.typing.DTypeLike  # Of the computation; parameters are float32.
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+  """A family's line in the registry (`models.FAMILIES`), under its `config.model.family`
+  name: all that the rest of vae_jax needs to build, configure and check it.
+
+  Attributes:
+    build: (config.model, Parts) -> the family's module.
+    config: () -> the family's own keys with their defaults, which the config schema puts
+      under config.model.<name>; None when it has none.
+    validate: (config) -> messages for what the family cannot take (each names the key
+      and the fix), checked with the rest of the config before any work.
+    examples: name -> flattened overrides of a small test config: the models of this
+      family that the conformance suite (tests/conformance_test.py) checks.
+  """
+  build: Callable[[ml_collections.ConfigDict, Parts], nn.Module]
+  config: Callable[[], ml_collections.ConfigDict] | None = None
+  validate: Callable[[ml_collections.ConfigDict], list[str]] = lambda config: []
+  examples: dict = dataclasses.field(default_factory=dict)
