@@ -84,6 +84,18 @@ def perturbed(params, scale=0.1, seed=1):
                                    for leaf, key in zip(leaves, keys)])
 
 
+def small_model(family: str, **overrides):
+  """(model, perturbed params) of a small model of `family`: tiny_config with 3 latent
+  units and the flattened `overrides`."""
+  from vae_jax import models, steps  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  config.model.family = family
+  config.model.latent_dim = 3
+  config.update_from_flattened_dict(overrides)
+  model = models.get_model(config.model)
+  return model, perturbed(steps.create_train_state(model, config, jax.random.key(0)).params)
+
+
 def assert_refused(config, overrides: dict, message: str):
   """config with `overrides` fails config_schema.validate with `message` in its text."""
   import pytest  # pylint: disable=g-import-not-at-top
