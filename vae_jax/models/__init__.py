@@ -10,6 +10,7 @@ from vae_jax.models import contract
 from vae_jax.models import conv
 from vae_jax.models import mlp
 from vae_jax.models import two_layer
+from vae_jax.models import vampprior
 from vae_jax.models.two_layer import TwoLayerVAE
 from vae_jax.models.vae import VAE, BernoulliHead, GaussianHead, reparameterize
 
@@ -80,6 +81,7 @@ FAMILIES = {
             "two_layer_conditional": {"model.stochastic_layers": 2,
                                       "model.conditional": True},
         }),
+    "vampprior": vampprior.REGISTRATION,
 }
 
 

@@ -1,0 +1,78 @@
+"""The VampPrior family (vae_jax/models/vampprior.py) against independent computations;
+the contract checks that every family passes are in conformance_test.py."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.helpers import assert_refused, jit_apply, shipped_config, small_model, tiny_config
+from vae_jax import config_schema
+from vae_jax import evaluators
+from vae_jax import figures
+from vae_jax import visualize
+
+
+def test_the_prior_is_the_mixture_of_the_posteriors_at_the_pseudo_inputs():
+  """log p(z) against the mixture computed in float64 from the encoder's means and
+  variances at the (clipped) pseudo-inputs (1e-4); prior samples are the component
+  that the uniform picks, at its mean + std * noise (1e-5)."""
+  model, params = small_model("vampprior", **{"model.vampprior.num_pseudo_inputs": 4})
+  apply = jit_apply(model)
+  pseudo_inputs = np.clip(np.asarray(params["pseudo_inputs"]), 0, 1)
+  assert pseudo_inputs.shape == (4, 28, 28, 1)
+  mean, logvar = (np.asarray(a, np.float64) for a in apply(
+      {"params": params}, jnp.asarray(pseudo_inputs, jnp.float32), method="encode"))
+  z = np.asarray(jax.random.normal(jax.random.key(2), (6, 3)), np.float64)
+  log_components = -0.5 * np.sum((z[:, None] - mean) ** 2 / np.exp(logvar) + logvar
+                                 + np.log(2 * np.pi), axis=-1)
+  peak = log_components.max(axis=1, keepdims=True)
+  expected = (peak[:, 0] + np.log(np.exp(log_components - peak).sum(axis=1))) - np.log(4)
+  log_prior = apply({"params": params}, jnp.asarray(z, jnp.float32), method="log_prior")
+  np.testing.assert_allclose(log_prior, expected, rtol=0, atol=1e-4)
+
+  noise = model.prior_noise(jax.random.key(3), 8)
+  z_noise, uniform = np.asarray(noise[:, :3], np.float64), np.asarray(noise[:, 3])
+  assert noise.shape == (8, 4) and np.all((uniform >= 0) & (uniform < 1))
+  component = np.floor(uniform * 4).astype(int)
+  expected_z = mean[component] + np.exp(0.5 * logvar[component]) * z_noise
+  decoded = apply({"params": params}, noise, method="decode_prior_sample")
+  direct = apply({"params": params}, jnp.asarray(expected_z, jnp.float32), method="decode")
+  np.testing.assert_allclose(decoded["logits"], direct["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_the_latent_diagnostics_give_the_layers_kl_and_each_units_activity():
+  """A mixture prior has no KL per unit: the layer's KL is the mean of the examples'
+  sampled KLs (1e-6), the activity is per unit, and the figure draws the activity."""
+  model, params = small_model("vampprior", **{"model.vampprior.num_pseudo_inputs": 4})
+  images = jax.random.uniform(jax.random.key(4), (20, 28, 28, 1))
+  eps = jax.random.normal(jax.random.key(5), (20, 16, 3))
+  layers = jax.jit(jax.vmap(lambda x, e: model.apply(
+      {"params": params}, x, e, method=model.latent_layers)))(images, eps)
+  result = evaluators.latent_diagnostics(layers)
+  [layer] = result["latent_layers"]
+  assert "kl_per_dim" not in layer and len(layer["activity"]) == 3
+  np.testing.assert_allclose(layer["kl_nats"], np.mean(np.asarray(layers[0]["kl"], np.float64)),
+                             rtol=1e-6)
+  assert result["mutual_information_nats"] + result["marginal_kl_nats"] == pytest.approx(
+      layer["kl_nats"])
+  figures.close(visualize.latent_figure(result))
+
+
+def test_the_shipped_config_is_valid():
+  for arg in (None, "short"):
+    config = shipped_config("vampprior", arg)
+    config_schema.validate(config)
+    assert config.model.family == "vampprior"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model.family": "vampprior", "model.conditional": True},
+     "config.model.family='vampprior' is unconditional"),
+    ({"model.family": "vampprior", "model.stochastic_layers": 2},
+     "config.model.family='vampprior' has one stochastic layer"),
+    ({"model.family": "vampprior", "model.vampprior.num_pseudo_inputs": 0},
+     "config.model.vampprior.num_pseudo_inputs=0 must be a positive integer."),
+])
+def test_what_it_cannot_take_is_refused_by_name(overrides, message):
+  assert_refused(tiny_config(), overrides, message)
