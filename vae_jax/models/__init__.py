@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from vae_jax.models import contract
 from vae_jax.models import conv
+from vae_jax.models import iaf
 from vae_jax.models import mlp
 from vae_jax.models import two_layer
 from vae_jax.models import vampprior
@@ -82,6 +83,7 @@ FAMILIES = {
                                       "model.conditional": True},
         }),
     "vampprior": vampprior.REGISTRATION,
+    "iaf": iaf.REGISTRATION,
 }
 
 
