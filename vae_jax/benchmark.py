@@ -121,7 +121,8 @@ def make_minimal_program(model, config, steps_per_epoch: int):
   """
   optimizer = steps.make_optimizer(config, steps_per_epoch)
   binarization, likelihood = config.data.binarization, config.model.likelihood
-  num_samples, objective = config.loss.num_samples, config.loss.objective
+  objective, num_bounds = config.loss.objective, config.loss.num_bounds
+  num_samples = losses.samples_per_example(config.loss.num_samples, objective, num_bounds)
   weights = losses.loss_weights(config)
 
   def loss_fn(params, images_uint8, labels, key):
@@ -130,7 +131,8 @@ def make_minimal_program(model, config, steps_per_epoch: int):
     eps = jax.random.normal(noise_key, (images.shape[0], num_samples, model.noise_dim))
     terms = jax.vmap(lambda image, label, e: losses.elbo_terms_from_noise(
         model, {"params": params}, image, label, e, likelihood=likelihood,
-        objective=objective, train=True, **weights))(images, labels, eps)
+        objective=objective, num_bounds=num_bounds, ciwae_beta=config.loss.ciwae_beta,
+        train=True, **weights))(images, labels, eps)
     return jnp.mean(terms["loss"])
 
   def one_step(carry, _, dataset, epoch_indices, rng):

@@ -29,7 +29,7 @@ ALLOWED_VALUES = {
     "model.likelihood": ("bernoulli", "gaussian"),
     "model.gaussian_mean": ("linear", "sigmoid"),
     "model.gaussian_variance": ("fixed", "learned_global", "learned_per_pixel"),
-    "loss.objective": ("elbo", "iwae"),
+    "loss.objective": ("elbo", "iwae", "miwae", "ciwae", "piwae"),  # losses.OBJECTIVES
     "loss.kl_estimator": ("closed_form", "monte_carlo"),
     "train.learning_rate_schedule": ("constant", "iwae"),
     "resume_mismatch": ("refuse", "allow"),
@@ -132,8 +132,12 @@ def default_config() -> ml_collections.ConfigDict:
     config.model[family] = family_config
 
   config.loss = ml_collections.ConfigDict()
+  # 'elbo', or a bound on log p(x) from the samples' importance weights: 'iwae' (Burda et
+  # al. 2015), 'miwae', 'ciwae' or 'piwae' (Rainforth et al. 2018; vae_jax/losses.py).
   config.loss.objective = "elbo"
-  config.loss.num_samples = 1
+  config.loss.num_samples = 1  # K: samples per example, or per bound for 'miwae'/'piwae'.
+  config.loss.num_bounds = 1  # M: the IWAE bounds that 'miwae' and 'piwae' average.
+  config.loss.ciwae_beta = 0.5  # 'ciwae': beta * ELBO + (1 - beta) * IWAE.
   config.loss.kl_weight = 1.0  # beta: the KL term's weight in the loss ('elbo' only).
   # KL warm-up: the KL weight rises linearly from 0 to kl_weight over this many epochs.
   config.loss.kl_warmup_epochs = 0.0
@@ -432,11 +436,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = _get(config, key)
     require(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
             f"config.{key}={value!r} must be a number >= 0.")
-  if config.loss.objective == "iwae":
+  objective = config.loss.objective
+  if objective != "elbo":
     for key, neutral in (("kl_weight", 1.0), ("kl_warmup_epochs", 0.0), ("free_bits", 0.0)):
       require(config.loss[key] == neutral,
-              f"config.loss.objective='iwae' is a bound on log p(x) without a separate KL "
-              f"term: config.loss.{key}={config.loss[key]!r} must be {neutral}.")
+              f"config.loss.objective={objective!r} is a bound on log p(x) without a "
+              f"separate KL term: config.loss.{key}={config.loss[key]!r} must be {neutral}.")
+  num_bounds = config.loss.num_bounds
+  require(isinstance(num_bounds, int) and not isinstance(num_bounds, bool) and num_bounds > 0,
+          f"config.loss.num_bounds={num_bounds!r} must be a positive integer.")
+  require(num_bounds == 1 or objective in ("miwae", "piwae"),
+          f"config.loss.num_bounds={num_bounds!r} is M of config.loss.objective='miwae' or "
+          f"'piwae'; with {objective!r} it must be 1.")
+  require(isinstance(config.loss.ciwae_beta, (int, float))
+          and 0 <= config.loss.ciwae_beta <= 1,
+          f"config.loss.ciwae_beta={config.loss.ciwae_beta!r} must be in [0, 1].")
   require(config.loss.free_bits == 0 or config.model.stochastic_layers == 2
           or config.loss.kl_estimator == "closed_form",
           f"config.loss.free_bits={config.loss.free_bits!r} applies to each latent "

@@ -107,10 +107,34 @@ def log_likelihood(likelihood: str, image: jax.Array, decoded: dict) -> jax.Arra
   raise ValueError(f"Unknown likelihood {likelihood!r}.")
 
 
+# The objectives (config.loss.objective): 'elbo' (with kl_weight, warm-up and free bits),
+# and the bounds on log p(x) from the log importance weights log w of the samples:
+# 'iwae' (Burda et al. 2015), and Rainforth et al. 2018's 'miwae' (the mean of M IWAE
+# bounds of K samples each), 'ciwae' (beta * ELBO + (1 - beta) * IWAE) and 'piwae' (the
+# inference networks trained on MIWAE, the generative ones on IWAE with all M * K samples).
+OBJECTIVES = ("elbo", "iwae", "miwae", "ciwae", "piwae")
+
+
+def samples_per_example(num_samples: int, objective: str, num_bounds: int) -> int:
+  """How many posterior samples an example draws: M * K for 'miwae' and 'piwae'."""
+  return num_samples * num_bounds if objective in ("miwae", "piwae") else num_samples
+
+
+def _neg_bound(objective: str, log_weights: jax.Array, num_bounds: int,
+               ciwae_beta) -> jax.Array:
+  """The negative bound of `objective` from the samples' log weights (M * K,)."""
+  if objective == "miwae" or objective == "piwae":
+    return -jnp.mean(logmeanexp(log_weights.reshape(num_bounds, -1), axis=-1))
+  if objective == "ciwae":
+    return -(ciwae_beta * jnp.mean(log_weights)
+             + (1.0 - ciwae_beta) * logmeanexp(log_weights))
+  return -logmeanexp(log_weights)
+
+
 def elbo_terms(model: nn.Module, variables, image: jax.Array, label, rng: jax.Array, *,
                likelihood: str, num_samples: int = 1, kl_weight=1.0, free_bits=0.0,
                objective: str = "elbo", kl_estimator: str = "closed_form",
-               train: bool = False,
+               num_bounds: int = 1, ciwae_beta=0.5, train: bool = False,
                dropout_rng: jax.Array | None = None) -> dict[str, jax.Array]:
   """The training terms for ONE example from `num_samples` reparameterized samples.
 
@@ -123,24 +147,33 @@ def elbo_terms(model: nn.Module, variables, image: jax.Array, label, rng: jax.Ar
   for objective 'elbo' (with free_bits > 0, kl is free_bits_kl of the analytic KL's
   dimensions, or of the sampled KL of each stochastic layer of a two-layer model with
   free_bits times its units); for 'iwae' the negative IWAE bound -logmeanexp_j log w_j
-  over the samples, also returned as `neg_iwae_bound_nats`. kl_weight and free_bits may
-  be traced (a vmapped sweep gives each model its own).
+  over the samples, also returned as `neg_iwae_bound_nats`; for 'miwae', 'ciwae' and
+  'piwae' (OBJECTIVES) their negative bound, with num_bounds (M) bounds of num_samples
+  (K) samples each for 'miwae' and 'piwae'. kl_weight, free_bits and ciwae_beta may be
+  traced (a vmapped sweep gives each model its own).
   """
-  eps = jax.random.normal(rng, (num_samples, model.noise_dim), image.dtype)
+  total = samples_per_example(num_samples, objective, num_bounds)
+  eps = jax.random.normal(rng, (total, model.noise_dim), image.dtype)
   return elbo_terms_from_noise(model, variables, image, label, eps, likelihood=likelihood,
                                kl_weight=kl_weight, free_bits=free_bits, objective=objective,
-                               kl_estimator=kl_estimator, train=train,
-                               dropout_rng=dropout_rng)
+                               kl_estimator=kl_estimator, num_bounds=num_bounds,
+                               ciwae_beta=ciwae_beta, train=train, dropout_rng=dropout_rng)
 
 
 def elbo_terms_from_noise(model: nn.Module, variables, image: jax.Array, label,
                           eps: jax.Array, *, likelihood: str, kl_weight=1.0, free_bits=0.0,
                           objective: str = "elbo", kl_estimator: str = "closed_form",
-                          train: bool = False,
+                          num_bounds: int = 1, ciwae_beta=0.5, train: bool = False,
                           dropout_rng: jax.Array | None = None) -> dict[str, jax.Array]:
-  """elbo_terms with the reparameterization noise given: eps (num_samples, noise_dim)."""
+  """elbo_terms with the reparameterization noise given: eps (samples, noise_dim)."""
   rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
-  outputs = model.apply(variables, image, eps, label, train=train, rngs=rngs)
+  generative_variables = variables
+  if objective == "piwae":
+    # The generative networks' gradient from this pass (the inference networks held
+    # fixed), the inference networks' from a second one below.
+    generative_variables = {**variables, "params": _only_trained(
+        model, variables["params"], inference=False)}
+  outputs = model.apply(generative_variables, image, eps, label, train=train, rngs=rngs)
   log_px_z = log_likelihood(likelihood, image, outputs.decoded)
   reconstruction = -jnp.mean(log_px_z)
   if outputs.kl is not None and kl_estimator == "closed_form":
@@ -158,10 +191,30 @@ def elbo_terms_from_noise(model: nn.Module, variables, image: jax.Array, label,
       "reconstruction_nats": reconstruction,
       "kl_nats": kl,
   }
-  if objective == "iwae":
+  if objective != "elbo":
     log_weights = log_px_z + outputs.log_prior - outputs.log_posterior
-    terms["neg_iwae_bound_nats"] = terms["loss"] = -logmeanexp(log_weights)
+    terms["neg_iwae_bound_nats"] = -logmeanexp(log_weights)
+    terms["loss"] = _neg_bound(objective, log_weights, num_bounds, ciwae_beta)
+  if objective == "piwae":
+    # Its value is the IWAE bound of all M * K samples; its gradient reaches the
+    # generative networks from that bound and the inference networks from MIWAE's.
+    inference_variables = {**variables, "params": _only_trained(
+        model, variables["params"], inference=True)}
+    inference_outputs = model.apply(inference_variables, image, eps, label, train=train,
+                                    rngs=rngs)
+    inference_log_weights = (log_likelihood(likelihood, image, inference_outputs.decoded)
+                             + inference_outputs.log_prior - inference_outputs.log_posterior)
+    miwae = _neg_bound("miwae", inference_log_weights, num_bounds, ciwae_beta)
+    terms["loss"] = terms["neg_iwae_bound_nats"] + miwae - jax.lax.stop_gradient(miwae)
   return terms
+
+
+def _only_trained(model: nn.Module, params: dict, *, inference: bool) -> dict:
+  """params with the gradient stopped at the generative networks (inference=True) or at
+  the inference networks (inference=False): the model's `inference_networks` name them."""
+  names = model.inference_networks
+  return {name: value if (name in names) == inference else jax.lax.stop_gradient(value)
+          for name, value in params.items()}
 
 
 def log_importance_weights(model: nn.Module, variables, image: jax.Array, label,
@@ -215,6 +268,7 @@ def make_example_terms_fn(model: nn.Module, config, *, train: bool):
   num_samples = config.loss.num_samples
   objective = config.loss.objective
   kl_estimator = config.loss.kl_estimator
+  num_bounds, ciwae_beta = config.loss.num_bounds, config.loss.ciwae_beta
 
   def example_terms(params, image_uint8, label, example_key, weights, binarization_key=None):
     if binarization_key is None:
@@ -225,7 +279,8 @@ def make_example_terms_fn(model: nn.Module, config, *, train: bool):
                       jax.random.fold_in(example_key, PURPOSE_REPARAMETERIZATION),
                       likelihood=likelihood, num_samples=num_samples,
                       kl_weight=weights["kl_weight"], free_bits=weights["free_bits"],
-                      objective=objective, kl_estimator=kl_estimator, train=train,
+                      objective=objective, kl_estimator=kl_estimator,
+                      num_bounds=num_bounds, ciwae_beta=ciwae_beta, train=train,
                       dropout_rng=dropout_rng)
 
   return example_terms

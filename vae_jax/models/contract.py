@@ -79,6 +79,11 @@ class Family(Protocol):
   def mutual_information_omitted(self) -> str | None:
     """Why the KL cannot be split into I(x; z) + KL(q(z) || p(z)), or None."""
 
+  @property
+  def inference_networks(self) -> tuple[str, ...]:
+    """The top-level parameter collections that only q(z|x) uses: the networks that the
+    'piwae' objective trains on MIWAE's gradient. Empty when q and p share a network."""
+
   def __call__(self, image: jax.Array, eps: jax.Array, label=None,
                train: bool = False) -> Outputs:
     """Samples of q(z|x[, y]) from eps (k, noise_dim), with their densities."""

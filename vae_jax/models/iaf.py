@@ -82,6 +82,10 @@ class IAFVAE(VAE):
     self.flow = [MADE(self.hidden_dim, self.made_activation, self.made_kernel_init,
                       self.gate_bias) for _ in range(self.steps)]  # flow_0, flow_1, ...
 
+  @property
+  def inference_networks(self) -> tuple[str, ...]:
+    return ("encoder",) + tuple(f"flow_{step}" for step in range(self.steps))
+
   def _flow(self, z0: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(z_T, sum_t sum_i log sigma_t,i) from z0 (..., D)."""
     z, log_det = z0, jnp.zeros(z0.shape[:-1], z0.dtype)

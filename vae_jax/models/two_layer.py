@@ -54,6 +54,7 @@ class TwoLayerVAE(nn.Module):
   # prior is N(0, I); each layer's posterior is a diagonal Gaussian.
   gaussian_posterior = True
   standard_normal_prior = True
+  inference_networks = ("bottom_encoder", "top_encoder")
 
   @property
   def mutual_information_omitted(self) -> str | None:

@@ -111,6 +111,7 @@ class VAE(nn.Module):
   gaussian_posterior = True
   standard_normal_prior = True
   mutual_information_omitted = None
+  inference_networks = ("encoder",)
 
   def _condition(self, label) -> jax.Array | None:
     return label_condition(label, self.num_classes)

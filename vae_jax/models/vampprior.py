@@ -32,6 +32,7 @@ class VampPriorVAE(VAE):
   image_shape: tuple[int, ...] = (28, 28, 1)
 
   standard_normal_prior = False
+  inference_networks = ()  # The encoder is also the prior's.
 
   def setup(self):
     mean, stddev = self.pseudo_input_mean, self.pseudo_input_stddev
@@ -108,6 +109,10 @@ def validate(config) -> list[str]:
   if config.model.conditional:
     errors.append("config.model.family='vampprior' is unconditional (its pseudo-inputs "
                   "carry no label): set config.model.conditional=False.")
+  if config.loss.objective == "piwae":
+    errors.append("config.loss.objective='piwae' trains the inference and the generative "
+                  "networks on different bounds, but the VampPrior's encoder is both: use "
+                  "'miwae' or 'iwae'.")
   if config.model.vampprior.num_pseudo_inputs < 1:
     errors.append(f"config.model.vampprior.num_pseudo_inputs="
                   f"{config.model.vampprior.num_pseudo_inputs!r} must be a positive integer.")
