@@ -4,15 +4,20 @@ Every check runs on a small model of each example that a registered family gives
 (models.FAMILIES); what a family cannot meet is skipped with its reason in one line.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests.helpers import assert_refused, perturbed, tiny_config
+from vae_jax import checkpoint
+from vae_jax import figures
+from vae_jax import input_pipeline
 from vae_jax import losses
 from vae_jax import models
 from vae_jax import steps
+from vae_jax import visualize
 from vae_jax.models import contract
 
 
@@ -186,3 +191,32 @@ def test_a_family_the_registry_does_not_know_is_refused_by_name():
   assert_refused(tiny_config(), {"model.family": "flow"},
                  f"config.model.family='flow' is not one of "
                  f"{', '.join(map(repr, models.FAMILIES))}")
+
+
+def test_a_checkpoint_round_trips(family, tmp_path):
+  """The train state (parameters and Adam's moments) saved and restored, bit for bit."""
+  _, config, model, params = family
+  state = steps.create_train_state(model, config, jax.random.key(0)).replace(params=params)
+  checkpointer = checkpoint.Checkpointer(str(tmp_path), max_to_keep=1)
+  checkpointer.save(3, state)
+  blank = steps.create_train_state(model, config, jax.random.key(9))
+  restored, _ = checkpointer.restore(3, blank)
+  checkpointer.close()
+  chex.assert_trees_all_equal(restored.params, state.params)
+  chex.assert_trees_all_equal(restored.opt_state, state.opt_state)
+
+
+@pytest.mark.slow  # Draws every figure of every family with matplotlib.
+def test_every_figure_draws(family):
+  """visualize.make_figures gives the family's figures, each a non-blank image."""
+  _, config, model, params = family
+  rng = np.random.default_rng(0)
+  split = input_pipeline.Split(rng.integers(0, 256, (300, 28, 28, 1), dtype=np.uint8),
+                               rng.integers(0, 10, 300).astype(np.int32))
+  named = visualize.make_figures(model, params, config, split, jax.random.key(1))
+  assert {"reconstructions", "interpolations", "denoising"} <= set(named)
+  assert ("class_grid" if model.conditional else "prior_samples") in named
+  for name, figure in named.items():
+    pixels = figures.to_rgb_array(figure)
+    figures.close(figure)
+    assert pixels.std() > 1, name
