@@ -143,8 +143,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.loss.kl_warmup_epochs = 0.0
   # Free bits (Kingma et al. 2016), in nats per latent dimension and example: a dimension
   # whose KL is below this adds this constant to the loss instead (no gradient to shrink
-  # it further); with two stochastic layers, per layer: a layer whose sampled KL is below
-  # this times its units. 0: off.
+  # it further); where the KL is sampled (two stochastic layers, the VampPrior, the IAF),
+  # per layer: a layer whose sampled KL is below this times its units. 0: off.
   config.loss.free_bits = 0.0
   # The ELBO's KL: 'closed_form' where the model has one (one stochastic layer; two
   # layers have none and sample it), or 'monte_carlo', the mean of log q(z|x) - log p(z)
