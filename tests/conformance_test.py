@@ -220,3 +220,26 @@ def test_every_figure_draws(family):
     pixels = figures.to_rgb_array(figure)
     figures.close(figure)
     assert pixels.std() > 1, name
+
+
+def test_the_elbo_is_below_iwae_k_below_iwae_10k_on_average(family):
+  """From the same 1000 samples per image (20 images): the mean over images of the
+  ELBO (the mean log weight), of IWAE-10 (the mean over 100 disjoint groups) and of
+  IWAE-100 (over 10 groups) increase, each step by more than 3 standard errors of the
+  paired difference over images; with a normalized q and p the bounds tighten as k grows."""
+  _, config, model, params = family
+  images = (jax.random.uniform(jax.random.key(8), (20, 28, 28, 1)) > 0.5).astype(jnp.float32)
+  eps = jax.random.normal(jax.random.key(9), (20, 1000, model.noise_dim))
+  labels = jnp.arange(20, dtype=jnp.int32) % 10
+  log_weights = np.asarray(jax.jit(jax.vmap(lambda x, e, y: losses.log_importance_weights(
+      model, {"params": params}, x, y, e, likelihood=config.model.likelihood)))(
+          images, eps, labels), np.float64)
+
+  def bound(k):  # Per image: the mean of the IWAE-k bounds of 1000 / k disjoint groups.
+    groups = log_weights.reshape(20, -1, k)
+    peak = groups.max(axis=-1, keepdims=True)
+    return (peak[..., 0] + np.log(np.mean(np.exp(groups - peak), axis=-1))).mean(axis=-1)
+
+  for lower, upper in ((bound(1), bound(10)), (bound(10), bound(100))):
+    difference = upper - lower
+    assert difference.mean() > 3 * difference.std(ddof=1) / np.sqrt(20), difference
