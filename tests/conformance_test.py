@@ -4,13 +4,18 @@ Every check runs on a small model of each example that a registered family gives
 (models.FAMILIES); what a family cannot meet is skipped with its reason in one line.
 """
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import assert_refused, perturbed, tiny_config
+from tests.helpers import REPO_ROOT, assert_refused, perturbed, tiny_config
 from vae_jax import checkpoint
 from vae_jax import figures
 from vae_jax import input_pipeline
@@ -243,3 +248,58 @@ def test_the_elbo_is_below_iwae_k_below_iwae_10k_on_average(family):
   for lower, upper in ((bound(1), bound(10)), (bound(10), bound(100))):
     difference = upper - lower
     assert difference.mean() > 3 * difference.std(ddof=1) / np.sqrt(20), difference
+
+
+# Each registered family's first example: the checks below compile training programs,
+# and what they check (sharding, vectorizing) does not vary within a family.
+FIRST_EXAMPLES = {name: FAMILIES[name] for name in
+                  (next(iter(registration.examples))
+                   for registration in models.FAMILIES.values())}
+
+# One subprocess with 8 (fake CPU) devices, XLA_FLAGS set before JAX is imported: for each
+# family, one training step of a group of two runs (seeds 0 and 1) on 8 devices equals
+# each run alone on 1 device (1e-5): the family runs sharded, and vectorized as a group.
+_DEVICES_SCRIPT = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np
+    from tests.conformance_test import FIRST_EXAMPLES
+    from tests.train_test import _fixed_batch
+    from vae_jax import models, parallel, steps
+    assert jax.device_count() == 8, jax.devices()
+    batch = _fixed_batch(batch_size=16)
+    batch["label"] = jnp.arange(16, dtype=jnp.int32) % 10
+    indices = jnp.arange(16, dtype=jnp.int32)[None]
+    one, eight = parallel.make_mesh(jax.devices()[:1]), parallel.make_mesh(jax.devices())
+    for name, config in FIRST_EXAMPLES.items():
+      configs = [config.copy_and_resolve_references() for _ in range(2)]
+      configs[1].seed = 1
+      model = models.get_model(config.model)
+      states = [steps.create_train_state(model, c, jax.random.key(c.seed)) for c in configs]
+      keys = jax.random.split(jax.random.key(7), 2)
+      group = steps.make_train_program(model, configs, eight, steps_per_epoch=1)(
+          parallel.replicate(steps.stack_states(states), eight), batch,
+          jnp.stack([indices] * 2), keys, 1)
+      alone = steps.make_train_program(model, configs[:1], one, steps_per_epoch=1)
+      for index in range(2):
+        state, metrics = alone(parallel.replicate(states[index], one), batch, indices,
+                               keys[index], 1)
+        # The group's parameters have the run axis first, its metrics after the steps'.
+        pairs = [(got[index], want) for got, want in zip(
+            jax.tree.leaves(group[0].params), jax.tree.leaves(state.params))] + [
+                (got[:, index], want) for got, want in zip(
+                    jax.tree.leaves(group[1]), jax.tree.leaves(metrics))]
+        for got, want in pairs:
+          np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
+      print("a group on 8 devices equals each run alone on 1:", name)
+""")
+
+
+@pytest.mark.slow  # A subprocess that compiles two training programs per family.
+def test_a_group_on_8_devices_equals_each_run_alone_on_1():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr[-5000:]
+  assert len(FIRST_EXAMPLES) == len(models.FAMILIES)
+  for name in FIRST_EXAMPLES:
+    assert f"a group on 8 devices equals each run alone on 1: {name}\n" in result.stdout, name
