@@ -45,7 +45,18 @@ FAMILIES = {name: _small_config(family, overrides)
             for name, overrides in registration.examples.items()}
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
+# Each registered family's first example. The fast subset (-m "not slow") checks these;
+# the full suite every example. The checks that compile training programs (sharding,
+# vectorizing) and draw figures run on these alone: what they check does not vary within
+# a family.
+FIRST_EXAMPLES = {name: FAMILIES[name] for name in
+                  (next(iter(registration.examples))
+                   for registration in models.FAMILIES.values())}
+
+
+@pytest.fixture(scope="module", params=[
+    name if name in FIRST_EXAMPLES else pytest.param(name, marks=pytest.mark.slow)
+    for name in FAMILIES])
 def family(request):
   config = FAMILIES[request.param]
   model = models.get_model(config.model)
@@ -256,12 +267,6 @@ def test_the_elbo_is_below_iwae_k_below_iwae_10k_on_average(family):
     difference = upper - lower
     assert difference.mean() > 3 * difference.std(ddof=1) / np.sqrt(20), difference
 
-
-# Each registered family's first example: the checks below compile training programs,
-# and what they check (sharding, vectorizing) does not vary within a family.
-FIRST_EXAMPLES = {name: FAMILIES[name] for name in
-                  (next(iter(registration.examples))
-                   for registration in models.FAMILIES.values())}
 
 # One subprocess with 8 (fake CPU) devices, XLA_FLAGS set before JAX is imported: for each
 # family, one training step of a group of two runs (seeds 0 and 1) on 8 devices equals
