@@ -4,9 +4,6 @@ Every check runs on a small model of each example that a registered family gives
 (models.FAMILIES); what a family cannot meet is skipped with its reason in one line.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import chex
@@ -15,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import REPO_ROOT, assert_refused, perturbed, tiny_config
+from tests.helpers import assert_refused, perturbed, run_on_8_devices, tiny_config
 from vae_jax import checkpoint
 from vae_jax import figures
 from vae_jax import input_pipeline
@@ -307,11 +304,7 @@ _DEVICES_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow  # A subprocess that compiles two training programs per family.
 def test_a_group_on_8_devices_equals_each_run_alone_on_1():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stdout + result.stderr[-5000:]
+  stdout = run_on_8_devices(_DEVICES_SCRIPT)
   assert len(FIRST_EXAMPLES) == len(models.FAMILIES)
   for name in FIRST_EXAMPLES:
-    assert f"a group on 8 devices equals each run alone on 1: {name}\n" in result.stdout, name
+    assert f"a group on 8 devices equals each run alone on 1: {name}\n" in stdout, name

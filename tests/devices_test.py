@@ -7,14 +7,11 @@ same for a vectorized group of 2 runs; the -ELBO evaluator; and the per-example
 importance-sampled NLL of a split that does not fill its last batch.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import run_on_8_devices
 
 _SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
@@ -91,12 +88,8 @@ _SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_training_and_evaluation_give_the_same_numbers_on_1_and_8_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stdout + result.stderr[-5000:]
+  stdout = run_on_8_devices(_SCRIPT)
   for what in ("gradients and metrics of one step", "metrics and parameters after one step",
                "a vectorized group's parameters and metrics", "-ELBO evaluation",
                "per-example NLL"):
-    assert f"equal on 1 and 8 devices: {what}" in result.stdout, what
+    assert f"equal on 1 and 8 devices: {what}" in stdout, what

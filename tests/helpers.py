@@ -84,6 +84,20 @@ def perturbed(params, scale=0.1, seed=1):
                                    for leaf, key in zip(leaves, keys)])
 
 
+def run_on_8_devices(script: str) -> str:
+  """Runs a Python script in a subprocess with 8 fake CPU devices (XLA_FLAGS must be set
+  before JAX is imported) from the repository root; asserts it succeeded and returns its
+  stdout."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stdout + result.stderr[-5000:]
+  return result.stdout
+
+
 def small_model(family: str, **overrides):
   """(model, perturbed params) of a small model of `family`: tiny_config with 3 latent
   units and the flattened `overrides`."""
