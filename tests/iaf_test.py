@@ -8,6 +8,8 @@ import pytest
 
 from tests.helpers import assert_refused, jit_apply, shipped_config, small_model, tiny_config
 from vae_jax import config_schema
+from vae_jax import evaluators
+from vae_jax import parallel
 from vae_jax.models import iaf
 
 
@@ -63,3 +65,17 @@ def test_the_shipped_config_is_valid():
 ])
 def test_what_it_cannot_take_is_refused_by_name(overrides, message):
   assert_refused(tiny_config(), overrides, message)
+
+
+def test_the_evaluation_says_why_it_has_no_latent_diagnostics():
+  config = tiny_config()
+  config.model.family = "iaf"
+  model, params = small_model("iaf")
+  evaluator = evaluators.Evaluators(model, config, parallel.make_mesh(jax.devices()[:1]))
+  images = np.zeros((10, 28, 28, 1), np.uint8)
+  result = evaluator.latents(params, {"image": jnp.asarray(images),
+                                      "label": jnp.zeros(10, jnp.int32)},
+                             jax.random.key(0), config)
+  assert evaluators.format_result({"neg_elbo_nats": 1.0, **result}).splitlines()[-1] == (
+      "no latent diagnostics: the posterior is not a diagonal Gaussian, whose mean and "
+      "variance the diagnostics need")

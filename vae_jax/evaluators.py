@@ -440,4 +440,6 @@ def format_result(result: dict) -> str:
     lines += [f"WARNING: {warning}" for warning in nll_warnings(result)]
   if "latent_layers" in result:
     lines.append(format_latent_diagnostics(result))
+  elif "latent_diagnostics_omitted" in result:
+    lines.append(f"no latent diagnostics: {result['latent_diagnostics_omitted']}")
   return "\n".join(lines)
