@@ -145,9 +145,10 @@ def test_dropout_is_active_in_training_and_off_in_evaluation_and_sampling(name):
   np.testing.assert_array_equal(samples[0], samples[1])
 
 
-def test_the_config_schema_names_every_activation_and_initializer_the_models_know():
+def test_the_config_schema_names_every_activation_initializer_and_family_the_models_know():
   assert set(config_schema.ACTIVATIONS) == set(models.ACTIVATIONS)
   assert set(config_schema.KERNEL_INITS) == set(models.KERNEL_INITS)
+  assert config_schema.ALLOWED_VALUES["model.family"] == tuple(models.FAMILIES)
 
 
 def test_unknown_model_name_is_refused():

@@ -21,6 +21,7 @@ KERNEL_INITS = ("glorot_uniform", "lecun_normal", "he_normal", "truncated_normal
 ALLOWED_VALUES = {
     "data.name": ("mnist", "fashion_mnist", "binarized_mnist"),
     "data.binarization": ("none", "dynamic", "static"),
+    "model.family": ("vae", "vampprior", "iaf"),  # vae_jax/models' registry, FAMILIES
     "model.name": ("mlp", "conv"),
     "model.stochastic_layers": (1, 2),
     "model.activation": ACTIVATIONS,
@@ -52,19 +53,6 @@ STATICALLY_BINARIZED_DATASETS = ("binarized_mnist",)
 UNLABELLED_DATASETS = ("binarized_mnist",)
 
 
-def _registered_families() -> dict:
-  # Imported when called, not with this module: the models import the input pipeline,
-  # which imports this module (the schema comes first in the import order).
-  from vae_jax import models  # pylint: disable=g-import-not-at-top
-  return models.FAMILIES
-
-
-def _family_configs() -> dict[str, ml_collections.ConfigDict]:
-  """config.model.<family>: each registered family's own keys, from its module."""
-  return {name: registration.config() for name, registration in _registered_families().items()
-          if registration.config is not None}
-
-
 def default_config() -> ml_collections.ConfigDict:
   """All keys with neutral defaults (seed 000's MLP VAE on grayscale MNIST)."""
   config = ml_collections.ConfigDict()
@@ -88,7 +76,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   # The family: a name in vae_jax/models' registry, FAMILIES ('vae': Gaussian posterior,
   # N(0, I) prior, one or two stochastic layers). A family's own keys are under
-  # config.model.<family>, with the defaults its module gives (_family_configs).
+  # config.model.<family>, below.
   config.model.family = "vae"
   # The backbone: the encoder and decoder networks every family builds on.
   config.model.name = "mlp"
@@ -128,8 +116,17 @@ def default_config() -> ml_collections.ConfigDict:
   # sigma^2 when fixed: 1.0 gives 0.5 * squared error + const; 0.5 the squared error + const.
   config.model.gaussian_fixed_variance = 1.0
   config.model.gaussian_min_variance = 1e-3  # Floor of a learned variance.
-  for family, family_config in _family_configs().items():
-    config.model[family] = family_config
+  # model.family='vampprior' (vae_jax/models/vampprior.py).
+  config.model.vampprior = ml_collections.ConfigDict()
+  config.model.vampprior.num_pseudo_inputs = 500  # K; the paper's for MNIST.
+  # The u_k's initialization, N(mean, stddev^2), clipped to [0, 1] (the authors' MNIST values).
+  config.model.vampprior.pseudo_input_mean = 0.05
+  config.model.vampprior.pseudo_input_stddev = 0.01
+  # model.family='iaf' (vae_jax/models/iaf.py).
+  config.model.iaf = ml_collections.ConfigDict()
+  config.model.iaf.steps = 2  # T, the IAF steps after the Gaussian.
+  config.model.iaf.hidden_dim = 256  # Each MADE's one hidden layer.
+  config.model.iaf.gate_bias = 1.0  # sigma_t starts near sigmoid(1) = 0.73.
 
   config.loss = ml_collections.ConfigDict()
   # 'elbo', or a bound on log p(x) from the samples' importance weights: 'iwae' (Burda et
@@ -512,12 +509,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.figures.label={config.figures.label!r} must be in "
             f"[0, config.model.num_classes={config.model.num_classes}).")
 
-  families = _registered_families()
-  if config.model.family not in families:
-    errors.append(f"config.model.family={config.model.family!r} is not one of "
-                  f"{', '.join(map(repr, families))} (the families vae_jax/models registers).")
-  else:
-    errors.extend(families[config.model.family].validate(config))
+  # What each family cannot take.
+  if config.model.family == "vampprior":
+    require(config.model.stochastic_layers == 1,
+            "config.model.family='vampprior' has one stochastic layer: set "
+            "config.model.stochastic_layers=1.")
+    require(not config.model.conditional,
+            "config.model.family='vampprior' is unconditional (its pseudo-inputs carry no "
+            "label): set config.model.conditional=False.")
+    require(config.loss.objective != "piwae",
+            "config.loss.objective='piwae' trains the inference and the generative networks "
+            "on different bounds, but the VampPrior's encoder is both: use 'miwae' or "
+            "'iwae'.")
+    require(config.model.vampprior.num_pseudo_inputs >= 1,
+            f"config.model.vampprior.num_pseudo_inputs="
+            f"{config.model.vampprior.num_pseudo_inputs!r} must be a positive integer.")
+    require(config.model.vampprior.pseudo_input_stddev >= 0,
+            "config.model.vampprior.pseudo_input_stddev must be >= 0.")
+  if config.model.family == "iaf":
+    require(config.model.stochastic_layers == 1,
+            "config.model.family='iaf' has one stochastic layer: set "
+            "config.model.stochastic_layers=1.")
+    for key in ("steps", "hidden_dim"):
+      value = config.model.iaf[key]
+      require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+              f"config.model.iaf.{key}={value!r} must be a positive integer.")
 
   if errors:
     raise ValueError("Invalid config:\n  " + "\n  ".join(errors))

@@ -112,6 +112,20 @@ class Family(Protocol):
     example from S samples eps (S, noise_dim)."""
 
 
+class PriorSampling:
+  """`prior_noise` as N(0, I) of the model's noise_dim, and `sample_prior` as the contract
+  composes it, for a family to inherit (a family whose prior needs other noise overrides
+  prior_noise)."""
+
+  def prior_noise(self, rng: jax.Array, num: int) -> jax.Array:
+    """(num, noise_dim) ~ N(0, I): what decode_prior_sample turns into prior samples."""
+    return jax.random.normal(rng, (num, self.noise_dim))
+
+  def sample_prior(self, rng: jax.Array, num: int, label=None) -> dict:
+    """decode_prior_sample of prior_noise(rng, num)."""
+    return self.decode_prior_sample(self.prior_noise(rng, num), label)
+
+
 @dataclasses.dataclass(frozen=True)
 class Parts:
   """What `models.get_model` builds from `config.model` for every family: the backbone
@@ -131,18 +145,13 @@ class Parts:
 @dataclasses.dataclass(frozen=True)
 class Registration:
   """A family's line in the registry (`models.FAMILIES`), under its `config.model.family`
-  name: all that the rest of vae_jax needs to build, configure and check it.
+  name. Its name, its own keys (config.model.<name>) and what it refuses are in
+  vae_jax/config_schema.py, which comes first in the import order (names as strings).
 
   Attributes:
     build: (config.model, Parts) -> the family's module.
-    config: () -> the family's own keys with their defaults, which the config schema puts
-      under config.model.<name>; None when it has none.
-    validate: (config) -> messages for what the family cannot take (each names the key
-      and the fix), checked with the rest of the config before any work.
     examples: name -> flattened overrides of a small test config: the models of this
       family that the conformance suite (tests/conformance_test.py) checks.
   """
   build: Callable[[ml_collections.ConfigDict, Parts], nn.Module]
-  config: Callable[[], ml_collections.ConfigDict] | None = None
-  validate: Callable[[ml_collections.ConfigDict], list[str]] = lambda config: []
   examples: dict = dataclasses.field(default_factory=dict)

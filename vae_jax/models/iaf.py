@@ -24,7 +24,6 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from vae_jax import losses
@@ -122,26 +121,6 @@ class IAFVAE(VAE):
     raise NotImplementedError("An IAF posterior is not a diagonal Gaussian.")
 
 
-def default_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.steps = 2  # T, the IAF steps after the Gaussian.
-  config.hidden_dim = 256  # Each MADE's one hidden layer.
-  config.gate_bias = 1.0  # sigma_t starts near sigmoid(1) = 0.73.
-  return config
-
-
-def validate(config) -> list[str]:
-  errors = []
-  if config.model.stochastic_layers != 1:
-    errors.append("config.model.family='iaf' has one stochastic layer: set "
-                  "config.model.stochastic_layers=1.")
-  for key in ("steps", "hidden_dim"):
-    value = config.model.iaf[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-      errors.append(f"config.model.iaf.{key}={value!r} must be a positive integer.")
-  return errors
-
-
 def build(model_config, parts: contract.Parts) -> IAFVAE:
   options = model_config.iaf
   return IAFVAE(encoder=parts.encoder, decoder=parts.decoder, head=parts.head,
@@ -151,7 +130,7 @@ def build(model_config, parts: contract.Parts) -> IAFVAE:
 
 
 REGISTRATION = contract.Registration(
-    build=build, config=default_config, validate=validate,
+    build=build,
     examples={"iaf": {"model.iaf.hidden_dim": 8},
               "iaf_conditional": {"model.iaf.hidden_dim": 8, "model.conditional": True,
                                   "model.likelihood": "gaussian"}})

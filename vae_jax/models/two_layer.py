@@ -17,11 +17,12 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import losses
+from vae_jax.models import contract
 from vae_jax.models.contract import Outputs
 from vae_jax.models.vae import join_condition, label_condition, reparameterize
 
 
-class TwoLayerVAE(nn.Module):
+class TwoLayerVAE(nn.Module, contract.PriorSampling):
   """Attributes:
     bottom_encoder: (image, condition, train) -> (mean, logvar) of q(z1|x).
     top_encoder: (z1, condition, train) -> (mean, logvar) of q(z2|z1).
@@ -89,14 +90,6 @@ class TwoLayerVAE(nn.Module):
   def posterior_mean(self, image: jax.Array, label=None) -> jax.Array:
     """The mean of q(z2 | z1 = E_q[z1|x]): the figures' point, in decode's space."""
     return self.encode(image, label)[0]
-
-  def prior_noise(self, rng: jax.Array, num: int) -> jax.Array:
-    """(num, noise_dim) ~ N(0, I): z1's noise then z2 itself, for decode_prior_sample."""
-    return jax.random.normal(rng, (num, self.noise_dim))
-
-  def sample_prior(self, rng: jax.Array, num: int, label=None) -> dict[str, jax.Array]:
-    """`num` prior samples' likelihood parameters (the contract's composition)."""
-    return self.decode_prior_sample(self.prior_noise(rng, num), label)
 
   def decode_prior_sample(self, noise: jax.Array, label=None,
                           train: bool = False) -> dict[str, jax.Array]:

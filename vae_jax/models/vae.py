@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import losses
+from vae_jax.models import contract
 from vae_jax.models.contract import Outputs
 
 
@@ -77,7 +78,7 @@ class GaussianHead(nn.Module):
     return {"mean": mean, "logvar": jnp.broadcast_to(logvar, image_shape)}
 
 
-class VAE(nn.Module):
+class VAE(nn.Module, contract.PriorSampling):
   """Pure: the caller supplies the noise `eps`, drawn from its own explicit key.
 
   Attributes:
@@ -128,14 +129,6 @@ class VAE(nn.Module):
   def posterior_mean(self, image: jax.Array, label=None) -> jax.Array:
     """E_q[z|x[, y]], the figures' point of the posterior."""
     return self.encode(image, label)[0]
-
-  def prior_noise(self, rng: jax.Array, num: int) -> jax.Array:
-    """(num, noise_dim) ~ N(0, I): z itself for decode_prior_sample."""
-    return jax.random.normal(rng, (num, self.noise_dim))
-
-  def sample_prior(self, rng: jax.Array, num: int, label=None) -> dict[str, jax.Array]:
-    """`num` prior samples' likelihood parameters (the contract's composition)."""
-    return self.decode_prior_sample(self.prior_noise(rng, num), label)
 
   def decode_prior_sample(self, noise: jax.Array, label=None,
                           train: bool = False) -> dict[str, jax.Array]:

@@ -16,7 +16,6 @@ pseudo_input_mean, pseudo_input_stddev.
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from vae_jax import losses
 from vae_jax.models import contract
@@ -93,34 +92,6 @@ class VampPriorVAE(VAE):
     return [{"posterior_mean": mean, "kl": kl, "mean": mean, "logvar": logvar, "z": z[0]}]
 
 
-def default_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.num_pseudo_inputs = 500  # K; the paper's for MNIST.
-  config.pseudo_input_mean = 0.05  # The u_k's initialization, N(mean, stddev^2), clipped
-  config.pseudo_input_stddev = 0.01  # to [0, 1] (the authors' MNIST values).
-  return config
-
-
-def validate(config) -> list[str]:
-  errors = []
-  if config.model.stochastic_layers != 1:
-    errors.append("config.model.family='vampprior' has one stochastic layer: set "
-                  "config.model.stochastic_layers=1.")
-  if config.model.conditional:
-    errors.append("config.model.family='vampprior' is unconditional (its pseudo-inputs "
-                  "carry no label): set config.model.conditional=False.")
-  if config.loss.objective == "piwae":
-    errors.append("config.loss.objective='piwae' trains the inference and the generative "
-                  "networks on different bounds, but the VampPrior's encoder is both: use "
-                  "'miwae' or 'iwae'.")
-  if config.model.vampprior.num_pseudo_inputs < 1:
-    errors.append(f"config.model.vampprior.num_pseudo_inputs="
-                  f"{config.model.vampprior.num_pseudo_inputs!r} must be a positive integer.")
-  if config.model.vampprior.pseudo_input_stddev < 0:
-    errors.append("config.model.vampprior.pseudo_input_stddev must be >= 0.")
-  return errors
-
-
 def build(model_config, parts: contract.Parts) -> VampPriorVAE:
   options = model_config.vampprior
   return VampPriorVAE(encoder=parts.encoder, decoder=parts.decoder, head=parts.head,
@@ -131,6 +102,6 @@ def build(model_config, parts: contract.Parts) -> VampPriorVAE:
 
 
 REGISTRATION = contract.Registration(
-    build=build, config=default_config, validate=validate,
+    build=build,
     # Small models the conformance suite checks (tests/conformance_test.py).
     examples={"vampprior": {"model.vampprior.num_pseudo_inputs": 3}})
