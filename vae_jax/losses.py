@@ -198,12 +198,10 @@ def elbo_terms_from_noise(model: nn.Module, variables, image: jax.Array, label,
   if objective == "piwae":
     # Its value is the IWAE bound of all M * K samples; its gradient reaches the
     # generative networks from that bound and the inference networks from MIWAE's.
-    inference_variables = {**variables, "params": _only_trained(
-        model, variables["params"], inference=True)}
-    inference_outputs = model.apply(inference_variables, image, eps, label, train=train,
-                                    rngs=rngs)
-    inference_log_weights = (log_likelihood(likelihood, image, inference_outputs.decoded)
-                             + inference_outputs.log_prior - inference_outputs.log_posterior)
+    inference_log_weights = log_importance_weights(
+        model, {**variables, "params": _only_trained(model, variables["params"],
+                                                     inference=True)},
+        image, label, eps, likelihood=likelihood, train=train, rngs=rngs)
     miwae = _neg_bound("miwae", inference_log_weights, num_bounds, ciwae_beta)
     terms["loss"] = terms["neg_iwae_bound_nats"] + miwae - jax.lax.stop_gradient(miwae)
   return terms
