@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import REPO_ROOT, count_traces, tiny_config
+from tests.helpers import MNIST_SHAPE, REPO_ROOT, count_traces, tiny_config
 from vae_jax import evaluators
 from vae_jax import models
 from vae_jax import parallel
@@ -53,7 +53,7 @@ def test_benchmark_prints_a_table_and_writes_json_records(tmp_path):
 def test_evaluation_of_a_ragged_split_compiles_once(kind):
   config = tiny_config()
   config.eval.batch_size, config.eval.nll_batch_size = 300, 300
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   mesh = parallel.make_mesh(jax.devices()[:1])
   params = steps.create_train_state(model, config, jax.random.key(0)).params
   images = np.random.default_rng(0).integers(0, 256, (1000, 28, 28, 1)).astype(np.uint8)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import tiny_config
+from tests.helpers import MNIST_SHAPE, tiny_config
 from vae_jax import classifier
 from vae_jax import evaluate
 from vae_jax import input_pipeline
@@ -29,7 +29,8 @@ def _quadrant_splits(num=640):
 def test_classifier_learns_and_is_cached(tmp_path, monkeypatch):
   monkeypatch.setattr(input_pipeline, "load_splits", lambda data_config: _quadrant_splits())
   data_config = tiny_config().data
-  _, params, accuracy = classifier.load_or_train(data_config, str(tmp_path), num_classes=4)
+  _, params, accuracy = classifier.load_or_train(data_config, MNIST_SHAPE, str(tmp_path),
+                                                 num_classes=4)
   assert accuracy >= 0.95
 
   def no_data(data_config):
@@ -37,7 +38,7 @@ def test_classifier_learns_and_is_cached(tmp_path, monkeypatch):
 
   monkeypatch.setattr(input_pipeline, "load_splits", no_data)
   classify, cached_params, cached_accuracy = classifier.load_or_train(
-      data_config, str(tmp_path), num_classes=4)
+      data_config, MNIST_SHAPE, str(tmp_path), num_classes=4)
   assert cached_accuracy == accuracy
   jax.tree.map(np.testing.assert_array_equal, cached_params, params)
   logits = classify(cached_params, jnp.zeros((2, 28, 28, 1)))
@@ -48,7 +49,7 @@ def test_classifier_learns_and_is_cached(tmp_path, monkeypatch):
 def test_label_fidelity_counts_the_samples_classified_as_their_label(always):
   config = tiny_config()
   config.model.conditional = True
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   params = steps.create_train_state(model, config, jax.random.key(0)).params
 
   def classify(unused_params, images):  # Says `always` whatever it sees.

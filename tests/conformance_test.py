@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import assert_refused, perturbed, run_on_8_devices, tiny_config
+from tests.helpers import MNIST_SHAPE, assert_refused, perturbed, run_on_8_devices, tiny_config
 from vae_jax import checkpoint
 from vae_jax import figures
 from vae_jax import input_pipeline
@@ -56,7 +56,7 @@ FIRST_EXAMPLES = {name: FAMILIES[name] for name in
     for name in FAMILIES])
 def family(request):
   config = FAMILIES[request.param]
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   params = steps.create_train_state(model, config, jax.random.key(0)).params
   params = perturbed(params)  # Away from the initialization's symmetries.
   return request.param, config, model, params
@@ -130,7 +130,7 @@ def test_the_densities_integrate_to_one(family):
   derivative), are 1 to 1e-3."""
   name, config, _, _ = family
   config = _one_unit_per_layer(config)
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   params = steps.create_train_state(model, config, jax.random.key(0)).params
   image, label = jnp.full((28, 28, 1), 0.3), jnp.asarray(3, jnp.int32)
   width = 30.0 if model.noise_dim == 1 else 12.0  # In eps: the prior is reached too.
@@ -228,7 +228,7 @@ def test_every_figure_draws():
 
 
 def _draw_every_figure(family_name, config):
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   params = perturbed(steps.create_train_state(model, config, jax.random.key(0)).params)
   rng = np.random.default_rng(0)
   split = input_pipeline.Split(rng.integers(0, 256, (300, 28, 28, 1), dtype=np.uint8),
@@ -281,7 +281,7 @@ _DEVICES_SCRIPT = textwrap.dedent("""
     for name, config in FIRST_EXAMPLES.items():
       configs = [config.copy_and_resolve_references() for _ in range(2)]
       configs[1].seed = 1
-      model = models.get_model(config.model)
+      model = models.get_model(config.model, MNIST_SHAPE)
       states = [steps.create_train_state(model, c, jax.random.key(c.seed)) for c in configs]
       keys = jax.random.split(jax.random.key(7), 2)
       group = steps.make_train_program(model, configs, eight, steps_per_epoch=1)(

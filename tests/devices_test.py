@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from tests.helpers import run_on_8_devices
+from tests.helpers import MNIST_SHAPE, run_on_8_devices
 
 _SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
@@ -30,7 +30,7 @@ _SCRIPT = textwrap.dedent("""
     config.data.binarization = "dynamic"  # Its per-example key must not depend on devices.
     with_dropout = tiny_config()
     with_dropout.data.binarization, with_dropout.model.dropout_rate = "dynamic", 0.1
-    model = models.get_model(config.model)
+    model = models.get_model(config.model, MNIST_SHAPE)
     batch = _fixed_batch(batch_size=16)
     meshes = {n: parallel.make_mesh(jax.devices()[:n]) for n in (1, 8)}
     weights = losses.loss_weights(config)
@@ -41,7 +41,7 @@ _SCRIPT = textwrap.dedent("""
       # in the steps below: Adam's first update, g / (|g| + eps), magnifies the 1e-9
       # differences of gradients that dropout makes almost zero.)
       grads = jax.jit(jax.shard_map(
-          lambda p, b, r: steps.make_grads_fn(models.get_model(with_dropout.model),
+          lambda p, b, r: steps.make_grads_fn(models.get_model(with_dropout.model, MNIST_SHAPE),
                                               with_dropout)(p, b, r, weights), mesh=mesh,
           in_specs=(P(), P(parallel.BATCH_AXIS), P()), out_specs=(P(), P())))(
               state.params, batch, jax.random.key(7))

@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests.helpers import fixed_batch_step, synthetic_splits, tiny_config
+from tests.helpers import MNIST_SHAPE, fixed_batch_step, synthetic_splits, tiny_config
 from vae_jax import checkpoint
 from vae_jax import input_pipeline
 from vae_jax import models
@@ -28,7 +28,7 @@ def _batch(seed=0, batch_size=16):
 def test_the_average_follows_its_recursion_and_equals_the_parameters_at_decay_0(decay):
   config = tiny_config()
   config.train.ema_decay = decay
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   mesh = parallel.make_mesh(jax.devices()[:1])
   state = steps.create_train_state(model, config, jax.random.key(0))
   if decay == 0:  # Off in a run (no average is kept); forced here to check the update.
@@ -50,7 +50,7 @@ def test_the_average_follows_its_recursion_and_equals_the_parameters_at_decay_0(
 
 def _tiny_state():
   config = tiny_config()
-  return steps.create_train_state(models.get_model(config.model), config, jax.random.key(0))
+  return steps.create_train_state(models.get_model(config.model, MNIST_SHAPE), config, jax.random.key(0))
 
 
 def test_the_best_checkpoint_is_kept_beside_the_latest(tmp_path):
@@ -94,7 +94,7 @@ def _saved_run(tmp_path, ema_decay=0.0):
   config.train.ema_decay = ema_decay
   workdir_lib.write_config(str(tmp_path), config)
   checkpointer = checkpoint.Checkpointer(str(tmp_path), config.checkpoints_to_keep)
-  state = steps.create_train_state(models.get_model(config.model), config,
+  state = steps.create_train_state(models.get_model(config.model, MNIST_SHAPE), config,
                                    steps.run_keys(config.seed)["init"])
   for step in (3, 5):
     checkpointer.save(step, state.replace(step=jnp.asarray(step, jnp.int32)))

@@ -14,7 +14,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from tests.helpers import count_traces, synthetic_splits, tiny_config
+from tests.helpers import MNIST_SHAPE, count_traces, synthetic_splits, tiny_config
 from tests.linear_models import LinearDecoder, LinearGaussian
 from vae_jax import evaluators
 from vae_jax import input_pipeline
@@ -152,7 +152,7 @@ def test_a_conditional_two_layer_model_reports_no_kl_split_and_says_why():
   # Without a label the split holds (z2 depends on x only through z1).
   unconditional, _ = _linear_two_layer(3, 0.5)
   assert unconditional.mutual_information_omitted is None
-  assert models.get_model(tiny_config().model).mutual_information_omitted is None
+  assert models.get_model(tiny_config().model, MNIST_SHAPE).mutual_information_omitted is None
 
 
 @pytest.mark.parametrize("change, expected", [(0.5, "fell by 0.50"), (-0.5, "rose by 0.50"),

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from tests.helpers import fixed_batch_step, shipped_config
+from tests.helpers import MNIST_SHAPE, fixed_batch_step, shipped_config
 from vae_jax import config_schema
 from vae_jax import evaluators
 from vae_jax import input_pipeline
@@ -36,7 +36,7 @@ def test_shipped_model_learns_fashion_mnist(fashion, name, arg):
   config.train.batch_size = 20
   config.eval.batch_size = 100
   config_schema.validate(config)
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   mesh = parallel.make_mesh(jax.devices()[:1])
   state = parallel.replicate(steps.create_train_state(model, config, jax.random.key(0)), mesh)
   step = fixed_batch_step(model, config, mesh)

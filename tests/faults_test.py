@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import REPO_ROOT, synthetic_splits, tiny_config
+from tests.helpers import MNIST_SHAPE, REPO_ROOT, synthetic_splits, tiny_config
 from vae_jax import checkpoint
 from vae_jax import config_schema
 from vae_jax import input_pipeline
@@ -45,7 +45,7 @@ def test_a_failed_write_names_the_file_and_the_os_error_and_keeps_the_old_file(
 
 def _small_state(seed=0):
   config = tiny_config()
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   return steps.create_train_state(model, config, jax.random.key(seed))
 
 

@@ -24,6 +24,11 @@ def manual_dir() -> str | None:
   return None
 
 
+# The MNIST family's images, which most tests model (the loop reads a run's shape from its
+# data; tests that build a model directly pass this).
+MNIST_SHAPE = (28, 28, 1)
+
+
 def tiny_config(**data_overrides):
   """A small MLP VAE that trains in seconds."""
   config = config_schema.default_config()
@@ -54,9 +59,9 @@ def synthetic_splits(num_train=400, num_test=100):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (num_train + num_test, 28, 28, 1)).astype(np.uint8)
   labels = rng.integers(0, 10, num_train + num_test).astype(np.int32)
-  return {"train": input_pipeline.Split(images[:num_train], labels[:num_train]),
-          "validation": input_pipeline.Split(images[:0], labels[:0]),
-          "test": input_pipeline.Split(images[num_train:], labels[num_train:])}
+  return {"train": input_pipeline.Split(images[:num_train], labels[:num_train], 10),
+          "validation": input_pipeline.Split(images[:0], labels[:0], 10),
+          "test": input_pipeline.Split(images[num_train:], labels[num_train:], 10)}
 
 
 def fixed_batch_step(model, config, mesh):
@@ -84,13 +89,13 @@ def perturbed(params, scale=0.1, seed=1):
                                    for leaf, key in zip(leaves, keys)])
 
 
-def run_on_8_devices(script: str) -> str:
-  """Runs a Python script in a subprocess with 8 fake CPU devices (XLA_FLAGS must be set
-  before JAX is imported) from the repository root; asserts it succeeded and returns its
-  stdout."""
+def run_on_8_devices(script: str, devices: int = 8) -> str:
+  """Runs a Python script in a subprocess with 8 (or `devices`) fake CPU devices
+  (XLA_FLAGS must be set before JAX is imported) from the repository root; asserts it
+  succeeded and returns its stdout."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
@@ -106,7 +111,7 @@ def small_model(family: str, **overrides):
   config.model.family = family
   config.model.latent_dim = 3
   config.update_from_flattened_dict(overrides)
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   return model, perturbed(steps.create_train_state(model, config, jax.random.key(0)).params)
 
 

@@ -7,17 +7,18 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from vae_jax import config_schema
 from vae_jax import input_pipeline
 
 
 def _data_config(name, manual_dir, tfds_data_dir, validation_size=5000):
-  return ml_collections.ConfigDict({"name": name, "manual_dir": manual_dir,
-                                    "tfds_data_dir": tfds_data_dir,
-                                    "validation_size": validation_size})
+  data = config_schema.default_config().data
+  data.name, data.manual_dir, data.tfds_data_dir = name, manual_dir, tfds_data_dir
+  data.validation_size = validation_size
+  return data
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tests.helpers import tiny_config
+from tests.helpers import MNIST_SHAPE, tiny_config
 from tests.linear_models import linear_gaussian_vae
 from vae_jax import config_schema
 from vae_jax import evaluators
@@ -53,7 +53,7 @@ def test_exactly_the_dimensions_the_decoder_uses_are_active():
 
 def test_kl_per_dimension_sums_to_the_total_kl():
   config = tiny_config()
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   params = steps.create_train_state(model, config, jax.random.key(0)).params
   params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape),
                         params)
@@ -75,7 +75,7 @@ def test_kl_per_dimension_sums_to_the_total_kl():
 
 def test_two_layer_shares_sum_to_the_sampled_kl_in_expectation():
   config = config_schema.load_shipped("iwae", "layers=2")
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   params = steps.create_train_state(model, config, jax.random.key(0)).params
   image = jax.random.bernoulli(jax.random.key(1), 0.3, (28, 28, 1)).astype(jnp.float32)
   num_samples = 4000
@@ -132,7 +132,7 @@ def _dataset(num_examples=60):
 def test_latent_evaluator_does_not_depend_on_the_batch_size():
   config = tiny_config()
   config.data.binarization = "dynamic"
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   params = steps.create_train_state(model, config, jax.random.key(0)).params
   mesh = parallel.make_mesh(jax.devices()[:1])
   results = []
@@ -153,7 +153,7 @@ def test_evaluation_binarizes_the_same_images_whatever_the_run_seed():
   image alone: equal for two run keys, different for another binarization seed."""
   config = tiny_config()
   config.data.binarization = "dynamic"
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   params = jax.tree.map(jnp.zeros_like,
                         steps.create_train_state(model, config, jax.random.key(0)).params)
   output_bias = params["decoder"]["output"]["bias"]

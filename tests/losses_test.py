@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import jit_apply, tiny_config
+from tests.helpers import MNIST_SHAPE, jit_apply, tiny_config
 from vae_jax import config_schema
 from vae_jax import losses
 from vae_jax import models
@@ -57,7 +57,7 @@ def _tiny_model_and_image():
   config_model = config_schema.default_config().model
   config_model.hidden_dims = (16,)
   config_model.latent_dim = 3
-  model = models.get_model(config_model)
+  model = models.get_model(config_model, MNIST_SHAPE)
   image = jax.random.uniform(jax.random.key(1), (28, 28, 1))
   return model, jax.jit(model.init)(jax.random.key(0), image, jnp.zeros(3)), image
 
@@ -133,7 +133,7 @@ def test_free_bits_of_a_two_layer_model_clamp_each_layer(free_bits):
   config = tiny_config()
   config.model.stochastic_layers = 2
   config.model.top_layer.hidden_dims, config.model.top_layer.latent_dim = (8,), 2
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   image = jax.random.uniform(jax.random.key(1), (28, 28, 1))
   variables = jax.jit(model.init)(jax.random.key(0), image, jnp.zeros(model.noise_dim))
   rng = jax.random.key(2)

@@ -182,7 +182,10 @@ def test_bad_enum_value_names_the_key_and_the_allowed_values(tmp_path):
 @pytest.mark.parametrize("key, value, expected", [
     ("model.name", "transformer", "config.model.name='transformer' is not one of"),
     ("model.likelihood", "poisson", "config.model.likelihood='poisson' is not one of"),
-    ("data.name", "cifar10", "config.data.name='cifar10' is not one of"),
+    ("data.name", "", "config.data.name must name a TFDS image dataset"),
+    ("data.image_size", (32,), "config.data.image_size=(32,) must be empty or 2 positive"),
+    ("data.resize_method", "crop", "config.data.resize_method='crop' is not one of"),
+    ("model.likelihood", "logistic", "config.model.likelihood='logistic' is not one of"),
     ("loss.objective", "vimco", "config.loss.objective='vimco' is not one of"),
     ("train.batch_size", 0, "config.train.batch_size=0 must be a positive integer"),
     ("data.binarization", "static", "needs a statically binarized dataset"),

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import jit_apply, shipped_config, synthetic_splits, tiny_config
+from tests.helpers import MNIST_SHAPE, jit_apply, shipped_config, synthetic_splits, tiny_config
 from vae_jax import config_schema
 from vae_jax import input_pipeline
 from vae_jax import losses
@@ -42,7 +42,7 @@ VARIANTS = [(name, conditional, likelihood)
 @pytest.mark.parametrize("batch_size", [1, 7])
 def test_output_shapes_and_batched_equals_per_example(name, conditional, likelihood,
                                                       batch_size):
-  model = models.get_model(_model_config(name, conditional, likelihood))
+  model = models.get_model(_model_config(name, conditional, likelihood), MNIST_SHAPE)
   variables = _init(model)
   apply = jit_apply(model)
   images = jax.random.uniform(jax.random.key(1), (batch_size, 28, 28, 1))
@@ -72,7 +72,7 @@ def test_output_shapes_and_batched_equals_per_example(name, conditional, likelih
 
 def test_conv_layers_have_the_seeds_shapes():
   """28 -> 14 -> 7 -> 7 in the encoder; 7 -> 14 -> 14 -> 14 in the decoder."""
-  model = models.get_model(shipped_config("conv").model)
+  model = models.get_model(shipped_config("conv").model, MNIST_SHAPE)
   params = jax.eval_shape(lambda: _init(model, latent_dim=8))["params"]  # Shapes only.
   assert params["encoder"]["mean"]["kernel"].shape == (7 * 7 * 64, 8)
   assert params["encoder"]["logvar"]["kernel"].shape == (7 * 7 * 64, 8)
@@ -84,7 +84,7 @@ def test_conv_layers_have_the_seeds_shapes():
 
 @pytest.mark.parametrize("name", ["mlp", "conv"])
 def test_conditional_decoder_output_changes_with_the_label(name):
-  model = models.get_model(_model_config(name, conditional=True))
+  model = models.get_model(_model_config(name, conditional=True), MNIST_SHAPE)
   variables = _init(model)
   apply = jit_apply(model)
   z = jax.random.normal(jax.random.key(3), (3,))
@@ -101,7 +101,7 @@ def test_conditional_decoder_output_changes_with_the_label(name):
 
 
 def test_conditional_model_without_a_label_says_so():
-  model = models.get_model(_model_config("mlp", conditional=True))
+  model = models.get_model(_model_config("mlp", conditional=True), MNIST_SHAPE)
   variables = _init(model)
   with pytest.raises(ValueError, match="conditional: pass the label"):
     model.apply(variables, jnp.zeros(3), method=model.decode)
@@ -109,7 +109,7 @@ def test_conditional_model_without_a_label_says_so():
 
 @pytest.mark.parametrize("name", ["mlp", "conv"])
 def test_dropout_is_active_in_training_and_off_in_evaluation_and_sampling(name):
-  model = models.get_model(_model_config(name, dropout_rate=0.5))
+  model = models.get_model(_model_config(name, dropout_rate=0.5), MNIST_SHAPE)
   variables = _init(model)
   apply = jit_apply(model)
   image = jax.random.uniform(jax.random.key(4), (28, 28, 1))
@@ -153,7 +153,7 @@ def test_the_config_schema_names_every_activation_initializer_and_family_the_mod
 
 def test_unknown_model_name_is_refused():
   with pytest.raises(ValueError, match="Unknown config.model.name"):
-    models.get_model(_model_config("transformer"))
+    models.get_model(_model_config("transformer"), MNIST_SHAPE)
 
 
 @pytest.mark.parametrize("name", ["mlp", "conv"])
@@ -161,7 +161,7 @@ def test_bfloat16_computes_in_bfloat16_with_float32_parameters_and_outputs(name)
   config = config_schema.default_config()
   config.model.name = name
   config.model.hidden_dims, config.model.latent_dim = (32,), 4
-  model = models.get_model(config.model, "bfloat16")
+  model = models.get_model(config.model, MNIST_SHAPE, "bfloat16")
   image, eps = jnp.zeros((28, 28, 1)), jnp.zeros((2, 4))
   variables = jax.jit(model.init)(jax.random.key(0), image, eps)
   assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}

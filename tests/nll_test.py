@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import tiny_config
+from tests.helpers import MNIST_SHAPE, tiny_config
 from tests.linear_models import gaussian_log_density, linear_gaussian_vae
 from vae_jax import evaluators
 from vae_jax import losses
@@ -79,7 +79,7 @@ def test_logmeanexp_is_exact_and_finite_near_minus_1e4_and_for_one_value():
 
 def test_chunked_estimate_equals_the_unchunked_one():
   config = tiny_config()
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   params = steps.create_train_state(model, config, jax.random.key(0)).params
   image = jax.random.uniform(jax.random.key(1), (28, 28, 1))
   values = [float(jax.jit(functools.partial(
@@ -95,7 +95,7 @@ def test_elbo_below_iwae_k_below_iwae_k_prime_for_a_trained_model(tmp_path):
   config = tiny_config()
   config.train.num_steps = 300
   config.train.batch_size = 50
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   mesh = parallel.make_mesh(jax.devices()[:1])
   state = parallel.replicate(steps.create_train_state(model, config, jax.random.key(0)), mesh)
   rng = np.random.default_rng(0)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import assert_refused, perturbed, tiny_config
+from tests.helpers import MNIST_SHAPE, assert_refused, perturbed, tiny_config
 from vae_jax import config_schema
 from vae_jax import losses
 from vae_jax import models
@@ -19,7 +19,7 @@ def _setup(stochastic_layers=1):
   config.model.latent_dim = 3
   config.model.stochastic_layers = stochastic_layers
   config.model.top_layer.hidden_dims, config.model.top_layer.latent_dim = (8,), 2
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   params = steps.create_train_state(model, config, jax.random.key(0)).params
   params = perturbed(params)
   image = (jax.random.uniform(jax.random.key(2), (28, 28, 1)) > 0.5).astype(jnp.float32)

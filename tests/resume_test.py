@@ -212,9 +212,9 @@ def _marked_splits(marker_index):
   images[images == 77] = 78
   images[marker_index] = 77
   labels = np.zeros(500, np.int32)
-  empty = input_pipeline.Split(images[:0], labels[:0])
-  return {"train": input_pipeline.Split(images[:400], labels[:400]), "validation": empty,
-          "test": input_pipeline.Split(images[400:], labels[400:])}
+  empty = input_pipeline.Split(images[:0], labels[:0], 10)
+  return {"train": input_pipeline.Split(images[:400], labels[:400], 10), "validation": empty,
+          "test": input_pipeline.Split(images[400:], labels[400:], 10)}
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import tiny_config
+from tests.helpers import MNIST_SHAPE, tiny_config
 from vae_jax import classifier
 from vae_jax import models
 from vae_jax import sample_quality
@@ -164,7 +164,7 @@ def _test_split(num_per_class=8, num_classes=10):
 def test_evaluate_sample_quality_end_to_end(conditional):
   config = tiny_config()
   config.model.conditional = conditional
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   params = steps.create_train_state(model, config, jax.random.key(0)).params
   classifier_params = classifier.Classifier(10).init(
       jax.random.key(1), jnp.zeros((1, 28, 28, 1)))["params"]
@@ -215,7 +215,8 @@ def test_real_mnist_test_vs_train_far_below_noise(tmp_path, mnist_manual_dir, tf
   monkeypatch.setattr(input_pipeline, "load_splits", lambda unused_config: dict(
       splits, train=input_pipeline.Split(splits["train"].images[:3_000],
                                          splits["train"].labels[:3_000])))
-  _, params, accuracy = classifier.load_or_train(data_config, str(tmp_path), 10)
+  _, params, accuracy = classifier.load_or_train(data_config, MNIST_SHAPE, str(tmp_path),
+                                                 10)
   assert accuracy > 0.9  # Measured 0.939 from 3,000 images (0.990 from all 55,000).
   features_jit = jax.jit(classifier.features)
 

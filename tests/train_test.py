@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import count_traces, fixed_batch_step, synthetic_splits, tiny_config
+from tests.helpers import MNIST_SHAPE, count_traces, fixed_batch_step, synthetic_splits, tiny_config
 from vae_jax import input_pipeline
 from vae_jax import models
 from vae_jax import parallel
@@ -26,7 +26,7 @@ def _fixed_batch(batch_size=16, seed=0):
 
 
 def _setup(config, seed=0):
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   mesh = parallel.make_mesh()
   state = parallel.replicate(steps.create_train_state(model, config, jax.random.key(seed)), mesh)
   return model, mesh, state

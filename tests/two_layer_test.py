@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import jit_apply, shipped_config, tiny_config
+from tests.helpers import MNIST_SHAPE, jit_apply, shipped_config, tiny_config
 from tests.linear_models import LinearDecoder, LinearGaussian, gaussian_log_density
 from vae_jax import config_schema
 from vae_jax import evaluators
@@ -127,7 +127,7 @@ def test_prior_samples_are_ancestral_with_the_marginal_covariance_of_z1():
 def test_the_papers_two_layer_model_has_its_layer_sizes():
   config = shipped_config("iwae", "layers=2,objective=iwae,k=5")
   config_schema.validate(config)
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   assert (model.latent_dim, model.noise_dim) == (50, 150)
   # Shapes only: eval_shape traces the initialization without compiling or running it.
   params = jax.eval_shape(lambda: steps.create_train_state(
@@ -151,7 +151,7 @@ def test_two_layer_shapes_decoding_and_label_dependence(conditional):
   config.model.conditional = conditional
   config.model.top_layer.hidden_dims = (8,)
   config.model.top_layer.latent_dim = 2
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   params = steps.create_train_state(model, config, jax.random.key(0)).params
   apply = jit_apply(model)
   images = jax.random.uniform(jax.random.key(1), (5, 28, 28, 1))

@@ -6,10 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import assert_refused, jit_apply, shipped_config, small_model, tiny_config
+from tests.helpers import (assert_refused, jit_apply, shipped_config, small_model,
+                           synthetic_splits, tiny_config)
 from vae_jax import config_schema
 from vae_jax import evaluators
 from vae_jax import figures
+from vae_jax import input_pipeline
+from vae_jax import train
 from vae_jax import visualize
 
 
@@ -76,3 +79,16 @@ def test_the_shipped_config_is_valid():
 ])
 def test_what_it_cannot_take_is_refused_by_name(overrides, message):
   assert_refused(tiny_config(), overrides, message)
+
+
+def test_more_pseudo_inputs_than_training_images_is_refused_before_anything_is_written(
+    tmp_path, monkeypatch):
+  monkeypatch.setattr(input_pipeline, "load_splits",
+                      lambda data_config: synthetic_splits(num_train=400))
+  config = tiny_config()
+  config.model.family = "vampprior"
+  config.model.vampprior.num_pseudo_inputs = 401
+  with pytest.raises(ValueError, match=r"num_pseudo_inputs=401 exceeds the 400 training "
+                                       r"images: .* use at most 400"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()

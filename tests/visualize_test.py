@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import tiny_config
+from tests.helpers import MNIST_SHAPE, tiny_config
 from vae_jax import input_pipeline
 from vae_jax import models
 from vae_jax import steps
@@ -50,7 +50,7 @@ def test_every_figure_is_written_as_a_non_empty_png(tmp_path, name, conditional,
     config.model.top_layer.latent_dim = latent_dim
   config.model.conv.encoder_features = (4, 4, 4)
   config.model.conv.decoder_features = (4, 4, 4)
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   state = steps.create_train_state(model, config, jax.random.key(0))
   named = visualize.make_figures(model, state.params, config, _test_split(),
                                  jax.random.key(1), history=_HISTORY)
@@ -77,7 +77,7 @@ def test_every_figure_is_written_as_a_non_empty_png(tmp_path, name, conditional,
 def test_cheap_figures_are_the_ones_redrawn_during_training():
   config = tiny_config()
   config.model.conditional = True
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   state = steps.create_train_state(model, config, jax.random.key(0))
   named = visualize.make_figures(model, state.params, config, _test_split(),
                                  jax.random.key(1), cheap_only=True)
@@ -87,7 +87,7 @@ def test_cheap_figures_are_the_ones_redrawn_during_training():
 def test_figures_of_an_unlabelled_dataset():
   config = tiny_config()
   config.model.latent_dim = 2
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   state = steps.create_train_state(model, config, jax.random.key(0))
   named = visualize.make_figures(model, state.params, config, _test_split(labelled=False),
                                  jax.random.key(1))
@@ -96,7 +96,7 @@ def test_figures_of_an_unlabelled_dataset():
 
 def test_figure_data_is_deterministic_given_the_key():
   config = tiny_config()
-  model = models.get_model(config.model)
+  model = models.get_model(config.model, MNIST_SHAPE)
   params = steps.create_train_state(model, config, jax.random.key(0)).params
   split = _test_split(num=20)
   first, second = (jax.device_get(visualize.denoise(

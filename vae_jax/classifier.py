@@ -3,12 +3,14 @@
 Label fidelity of a conditional VAE: the fraction of samples generated for class y that
 this classifier assigns to y. Its penultimate layer (`features`) is also the space in
 which vae_jax/sample_quality.py compares samples with test images. The classifier is
-trained once per dataset on its training split (grayscale pixels in [0, 1]) and cached
+trained once per dataset (its images' shape and classes) on its training split (pixels in
+[0, 1]) and cached
 in the user's cache directory (`default_directory`), where every workdir finds it; its
 test accuracy is reported with every fidelity so the reader can
 judge the judge.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -49,7 +51,7 @@ class Classifier(nn.Module):
 
 
 def features(params, images: jax.Array) -> jax.Array:
-  """The penultimate layer (N, FEATURE_DIM) of images in [0, 1], (N, 28, 28, 1).
+  """The penultimate layer (N, FEATURE_DIM) of images in [0, 1], (N, H, W, C).
 
   The logits layer is not run, so num_classes does not matter here; a module-level function
   (not a fresh lambda) so that jitted callers taking it as a static argument compile once.
@@ -67,7 +69,8 @@ def _accuracy(model, params, images_uint8: np.ndarray, labels: np.ndarray) -> fl
 
 def _train(model, splits, seed: int):
   train_split = splits["train"]
-  params = model.init(jax.random.key(seed), jnp.zeros((1, 28, 28, 1)))["params"]
+  params = model.init(jax.random.key(seed),
+                      jnp.zeros((1,) + train_split.images.shape[1:]))["params"]
   optimizer = optax.adam(_LEARNING_RATE)
   opt_state = optimizer.init(params)
   images = jnp.asarray(train_split.images)
@@ -94,25 +97,34 @@ def _train(model, splits, seed: int):
 
 def default_directory(data_config, num_classes: int = 10) -> str:
   """Where the classifier of a dataset is cached for every workdir: under the user's
-  cache directory ($XDG_CACHE_HOME, else ~/.cache), vae_jax/classifiers/<dataset>."""
+  cache directory ($XDG_CACHE_HOME, else ~/.cache), vae_jax/classifiers/<dataset>_<classes>
+  (a folder's or an .npz's dataset is named by a hash of its path; a resized one by its
+  size too)."""
   cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(cache, "vae_jax", "classifiers", f"{data_config.name}_{num_classes}")
+  name = data_config.name
+  if data_config.path:
+    digest = hashlib.sha256(os.path.abspath(data_config.path).encode()).hexdigest()[:12]
+    name = f"{name}-{digest}"
+  if data_config.image_size:
+    name += "_{}x{}_{}".format(*data_config.image_size, data_config.resize_method)
+  return os.path.join(cache, "vae_jax", "classifiers", f"{name}_{num_classes}")
 
 
-def _restore(model, directory: str, seed: int):
+def _restore(model, directory: str, seed: int, image_shape):
   with ocp.CheckpointManager(directory) as checkpoints:
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(seed),
-                                                 jnp.zeros((1, 28, 28, 1)))["params"])
+    abstract = jax.eval_shape(lambda: model.init(
+        jax.random.key(seed), jnp.zeros((1,) + tuple(image_shape)))["params"])
     params = checkpoints.restore(checkpoints.latest_step(),
                                  args=ocp.args.StandardRestore(abstract))
   with open(os.path.join(directory, _RESULT_FILE)) as f:
     return params, json.load(f)["test_accuracy"]
 
 
-def load_or_train(data_config, directory: str | None = None, num_classes: int = 10,
-                  seed: int = 0):
-  """(apply_fn, params, test_accuracy): from `directory` (default_directory when None),
-  else trained and cached there.
+def load_or_train(data_config, image_shape, directory: str | None = None,
+                  num_classes: int = 10, seed: int = 0):
+  """(apply_fn, params, test_accuracy) of the classifier of images of `image_shape` into
+  `num_classes` classes: from `directory` (default_directory when None), else trained and
+  cached there.
 
   The cache is written whole or not at all: into a temporary folder beside it, renamed
   into place when complete, so a kill mid-save leaves no half-written classifier and
@@ -121,7 +133,7 @@ def load_or_train(data_config, directory: str | None = None, num_classes: int = 
   model = Classifier(num_classes)
   directory = os.path.abspath(directory or default_directory(data_config, num_classes))
   if os.path.exists(os.path.join(directory, _RESULT_FILE)):
-    params, accuracy = _restore(model, directory, seed)
+    params, accuracy = _restore(model, directory, seed, image_shape)
     logging.info("Loaded the label classifier from %s (test accuracy %.4f).", directory,
                  accuracy)
   else:

@@ -7,6 +7,7 @@ the locked ConfigDict, and `validate(config)` refuses bad values before any work
 
 import importlib.util
 import json
+import math
 import os
 
 from flax import traverse_util
@@ -19,15 +20,16 @@ KERNEL_INITS = ("glorot_uniform", "lecun_normal", "he_normal", "truncated_normal
 
 # Enum-valued keys and the values they accept; extend these as families are added.
 ALLOWED_VALUES = {
-    "data.name": ("mnist", "fashion_mnist", "binarized_mnist"),
     "data.binarization": ("none", "dynamic", "static"),
+    "data.resize_method": ("center_crop", "stretch"),  # vae_jax/image_files.py
     "model.family": ("vae", "vampprior", "iaf"),  # vae_jax/models' registry, FAMILIES
     "model.name": ("mlp", "conv"),
     "model.stochastic_layers": (1, 2),
     "model.activation": ACTIVATIONS,
     "model.kernel_init": KERNEL_INITS,
     "model.conv.decoder_conv_activation": ACTIVATIONS,
-    "model.likelihood": ("bernoulli", "gaussian"),
+    "model.likelihood": ("bernoulli", "gaussian", "logistic_mixture"),
+    "model.conv.decoder_output": ("dense", "conv"),
     "model.gaussian_mean": ("linear", "sigmoid"),
     "model.gaussian_variance": ("fixed", "learned_global", "learned_per_pixel"),
     "loss.objective": ("elbo", "iwae", "miwae", "ciwae", "piwae"),  # losses.OBJECTIVES
@@ -40,6 +42,7 @@ ALLOWED_VALUES = {
 # Keys that may change when a run is resumed: where things are, how often the loop logs
 # and saves, and what is evaluated and drawn. The others shape the trained model.
 RESUME_FREE_KEYS = ("resume_mismatch", "data.manual_dir", "data.tfds_data_dir",
+                    "data.image_shape",  # Read from the data (runs before it: empty).
                     "train.num_epochs", "train.num_steps",  # Longer runs continue exactly.
                     # More stages of the 'iwae' schedule: the earlier stages are the same.
                     "train.schedule_stages",
@@ -47,6 +50,8 @@ RESUME_FREE_KEYS = ("resume_mismatch", "data.manual_dir", "data.tfds_data_dir",
                     "train.steps_per_dispatch",
                     "checkpoint_every_steps", "checkpoints_to_keep", "eval.", "figures.")
 
+# data.name values that read the user's own images at data.path (vae_jax/image_files.py).
+OWN_DATA = ("folder", "npz")
 # Datasets whose pixels are already 0/1; the "static" binarization mode means "use one".
 STATICALLY_BINARIZED_DATASETS = ("binarized_mnist",)
 # Datasets without class labels (no conditional models, no label colours in figures).
@@ -62,7 +67,18 @@ def default_config() -> ml_collections.ConfigDict:
   config.dtype = "float32"
 
   config.data = ml_collections.ConfigDict()
+  # A TFDS image dataset by name (e.g. 'mnist', 'cifar10', 'celeb_a' with image_size), or
+  # the user's own images: 'folder' (PNG/JPEG, one sub-folder per class for labels) or
+  # 'npz' (uint8 `images` (N, H, W, C), optional `labels`), at data.path.
   config.data.name = "mnist"
+  config.data.path = ""
+  # (height, width): resize every image to it; empty keeps the data's size (a folder of
+  # mixed sizes is then refused). 'center_crop' keeps the aspect ratio, 'stretch' does not.
+  config.data.image_size = ()
+  config.data.resize_method = "center_crop"
+  # (height, width, channels) of the images the model sees. Empty: read from the data when
+  # the run starts, and written into the workdir's config.json; set, it is checked.
+  config.data.image_shape = ()
   config.data.binarization = "none"
   # Folder with one sub-folder per TFDS dataset name holding the original files.
   # Empty: use $VAE_JAX_MANUAL_DIR, else let TFDS download.
@@ -72,6 +88,10 @@ def default_config() -> ml_collections.ConfigDict:
   # Carved from the end of a reproducible permutation of train when the dataset has no
   # validation split (5000 gives the 55000/5000 split of the seeds' TF MNIST reader).
   config.data.validation_size = 5000
+  # For data without a test split (a folder, an .npz, some TFDS datasets): this many
+  # examples, before the validation ones at the end of the fixed permutation, are the test
+  # split (0: no test split; the final evaluation then uses validation).
+  config.data.test_size = 0
 
   config.model = ml_collections.ConfigDict()
   # The family: a name in vae_jax/models' registry, FAMILIES ('vae': Gaussian posterior,
@@ -108,14 +128,22 @@ def default_config() -> ml_collections.ConfigDict:
   config.model.conv.decoder_features = (64, 64, 64)
   config.model.conv.decoder_strides = (2, 1, 1)
   config.model.conv.decoder_conv_activation = "relu"
+  # The decoder's last layer: 'dense' (the seeds: a dense layer from the whole feature map to
+  # every pixel's outputs; any image size) or 'conv' (a stride-1 convolution to each pixel's
+  # outputs: for larger images and mixture likelihoods; the transposed convs must then reach
+  # the image's size, decoder_initial_side * prod(decoder_strides) = height = width).
+  config.model.conv.decoder_output = "dense"
 
-  # p(x|z): 'bernoulli' (decoder outputs are logits) or 'gaussian' (independent pixels).
+  # p(x|z): 'bernoulli' (decoder outputs are logits), 'gaussian' (independent pixels) or
+  # 'logistic_mixture' (8-bit pixels: the discretized logistic mixture of PixelCNN++).
   config.model.likelihood = "bernoulli"
   config.model.gaussian_mean = "linear"  # Or 'sigmoid': a mean in [0, 1] (seeds 001/002).
   config.model.gaussian_variance = "fixed"
   # sigma^2 when fixed: 1.0 gives 0.5 * squared error + const; 0.5 the squared error + const.
   config.model.gaussian_fixed_variance = 1.0
   config.model.gaussian_min_variance = 1e-3  # Floor of a learned variance.
+  # 'logistic_mixture': components per pixel (1: a single discretized logistic).
+  config.model.logistic_mixture_components = 10
   # model.family='vampprior' (vae_jax/models/vampprior.py).
   config.model.vampprior = ml_collections.ConfigDict()
   config.model.vampprior.num_pseudo_inputs = 500  # K; the paper's for MNIST.
@@ -490,6 +518,37 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"a multiple of config.model.conv.decoder_initial_side^2={side * side} "
             "(it is reshaped to a side x side feature map).")
 
+  data = config.data
+  require(isinstance(data.name, str) and data.name,
+          "config.data.name must name a TFDS image dataset (e.g. 'mnist', 'cifar10'), "
+          "'folder' or 'npz'.")
+  require(data.name not in OWN_DATA or data.path,
+          f"config.data.name={data.name!r} reads the images at config.data.path: set it, "
+          f"e.g. --config.data.path={'DIR' if data.name == 'folder' else 'FILE.npz'}.")
+  require(not data.path or data.name in OWN_DATA,
+          f"config.data.path={data.path!r} is read only with config.data.name='folder' or "
+          f"'npz'; config.data.name={data.name!r} is a TFDS dataset.")
+  for key, length in (("data.image_size", 2), ("data.image_shape", 3)):
+    value = _get(config, key)
+    require(value == () or (is_int_tuple(value) and len(value) == length),
+            f"config.{key}={value!r} must be empty or {length} positive integers, e.g. "
+            f"--config.{key}='{(32, 32, 3)[:length]!r}'.")
+  if data.image_size and is_int_tuple(data.image_shape):
+    require(tuple(data.image_shape[:2]) == tuple(data.image_size),
+            f"config.data.image_shape={tuple(data.image_shape)!r} disagrees with "
+            f"config.data.image_size={tuple(data.image_size)!r}.")
+  value = data.test_size
+  require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+          f"config.data.test_size={value!r} must be a non-negative integer.")
+  components = config.model.logistic_mixture_components
+  require(isinstance(components, int) and not isinstance(components, bool) and components > 0,
+          f"config.model.logistic_mixture_components={components!r} must be a positive "
+          "integer.")
+  if config.model.likelihood == "logistic_mixture":
+    require(data.binarization == "none",
+            "config.model.likelihood='logistic_mixture' is a likelihood of 8-bit pixels: set "
+            f"config.data.binarization='none', not {data.binarization!r}.")
+
   static_dataset = config.data.name in STATICALLY_BINARIZED_DATASETS
   if config.data.binarization == "static":
     require(static_dataset,
@@ -535,5 +594,63 @@ def validate(config: ml_collections.ConfigDict) -> None:
       require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
               f"config.model.iaf.{key}={value!r} must be a positive integer.")
 
+  if is_int_tuple(data.image_shape) and len(data.image_shape) == 3:
+    errors += data_errors(config, tuple(data.image_shape))
+
   if errors:
     raise ValueError("Invalid config:\n  " + "\n  ".join(errors))
+
+
+def data_errors(config, image_shape: tuple[int, int, int], num_train: int | None = None,
+                num_classes: int | None = None) -> list[str]:
+  """What the config cannot take from data of this shape (and, once loaded, this many
+  training images and classes); [] when nothing. `validate` runs it when
+  config.data.image_shape is set, the loop once the data is read."""
+  errors = []
+  height, width, _ = image_shape
+  conv = config.model.conv
+  if config.model.name == "conv" and conv.decoder_output == "conv":
+    reached = conv.decoder_initial_side * math.prod(conv.decoder_strides)
+    if not height == width == reached:
+      errors.append(
+          f"config.model.conv.decoder_output='conv' builds a {reached}x{reached} map "
+          f"(decoder_initial_side={conv.decoder_initial_side} times the decoder_strides "
+          f"{tuple(conv.decoder_strides)}), but the images are {height}x{width}: choose them "
+          f"so that side * prod(strides) = {height}{'' if height == width else ' = width'}, "
+          "or use decoder_output='dense' (any size).")
+  if num_classes is not None and config.model.conditional:
+    if not num_classes:
+      errors.append(f"config.model.conditional=True needs labels, but "
+                    f"{config.data.name!r} has none: set config.model.conditional=False, "
+                    "or give the images labels (class sub-folders, an npz 'labels' array).")
+    elif num_classes != config.model.num_classes:
+      errors.append(f"config.model.num_classes={config.model.num_classes} but the data has "
+                    f"{num_classes} classes: set --config.model.num_classes={num_classes}.")
+  if num_train is not None and config.model.family == "vampprior":
+    pseudo_inputs = config.model.vampprior.num_pseudo_inputs
+    if pseudo_inputs > num_train:
+      errors.append(
+          f"config.model.vampprior.num_pseudo_inputs={pseudo_inputs} exceeds the "
+          f"{num_train} training images: the pseudo-inputs stand for a sample of them; use "
+          f"at most {num_train}.")
+  return errors
+
+
+def with_data(config, image_shape: tuple[int, int, int], num_train: int,
+              num_classes: int) -> ml_collections.ConfigDict:
+  """A copy of `config` with config.data.image_shape the data's, after checking that the
+  config can take this data (a ValueError naming the keys otherwise)."""
+  image_shape = tuple(int(d) for d in image_shape)
+  errors = data_errors(config, image_shape, num_train, num_classes)
+  if config.data.image_shape and tuple(config.data.image_shape) != image_shape:
+    errors.append(f"config.data.image_shape={tuple(config.data.image_shape)!r} but the data's "
+                  f"images are {image_shape!r}: leave the key empty (it is read from the "
+                  "data) or fix config.data.image_size.")
+  if errors:
+    raise ValueError(f"The config does not fit the data {config.data.name!r}:\n  "
+                     + "\n  ".join(errors))
+  resolved = ml_collections.ConfigDict(config.to_dict())
+  resolved.data.image_shape = image_shape
+  if config.is_locked:
+    resolved.lock()
+  return resolved

@@ -54,6 +54,8 @@ def format_result(result: dict) -> str:
               f"accuracy {100 * result['classifier_test_accuracy']:.2f}%)")
   if "sample_quality" in result:
     rest.append(sample_quality.format_sample_quality(result["sample_quality"]))
+  if "sample_quality_omitted" in result:
+    rest.append(f"no sample quality: {result['sample_quality_omitted']}")
   return "\n".join([first, *rest])
 
 
@@ -77,7 +79,8 @@ def main(argv):
     if flags.FLAGS.num_examples:
       split = input_pipeline.Split(split.images[:flags.FLAGS.num_examples],
                                    None if split.labels is None
-                                   else split.labels[:flags.FLAGS.num_examples])
+                                   else split.labels[:flags.FLAGS.num_examples],
+                                   split.num_classes)
     if split.num_examples == 0:
       raise ValueError(f"The {flags.FLAGS.split} split of {run.config.data.name} is empty.")
   except (ValueError, input_pipeline.DataError) as error:
@@ -91,10 +94,15 @@ def main(argv):
       checkpoint=flags.FLAGS.checkpoint, weights=flags.FLAGS.weights)
   wants_fidelity = run.model.conditional and flags.FLAGS.label_fidelity_samples
   wants_quality = split.labels is not None and flags.FLAGS.sample_quality_samples
+  if split.labels is None and flags.FLAGS.sample_quality_samples:
+    result["sample_quality_omitted"] = (
+        f"{run.config.data.name} has no labels to train the classifier in whose features "
+        "samples are compared with images")
   if wants_fidelity or wants_quality:
     # The dataset's classes, whether or not the model is conditional on them.
     classify, classifier_params, accuracy = classifier.load_or_train(
-        run.config.data, flags.FLAGS.classifier_dir or None, run.config.model.num_classes)
+        run.config.data, split.images.shape[1:], flags.FLAGS.classifier_dir or None,
+        split.num_classes)
     result.update(classifier_test_accuracy=accuracy)
   if wants_quality:
     result["sample_quality"] = sample_quality.evaluate_sample_quality(

@@ -257,8 +257,9 @@ def summary_numbers(result: dict) -> dict[str, float]:
   summaries carry (epoch_metrics.jsonl, TensorBoard, results.csv), by their own names;
   a two-layer model's active units and KL share per layer as active_units_z1,
   kl_nats_z1, active_units_z2, kl_nats_z2."""
-  names = ("neg_elbo_nats", "reconstruction_nats", "kl_nats", "active_units",
-           "mutual_information_nats", "marginal_kl_nats", "nll_nats", "nll_stderr")
+  names = ("neg_elbo_nats", "neg_elbo_bits_per_dim", "reconstruction_nats", "kl_nats",
+           "active_units", "mutual_information_nats", "marginal_kl_nats", "nll_nats",
+           "nll_bits_per_dim", "nll_stderr")
   numbers = {name: result[name] for name in names if name in result}
   layers = result.get("latent_layers", ())
   if len(layers) > 1:
@@ -379,6 +380,22 @@ class Evaluators:
         self.model.mutual_information_omitted)
 
 
+# The bounds on -log p(x) that are also reported in bits per dimension (name_bits_per_dim
+# beside name_nats), the unit of natural-image likelihoods.
+IN_BITS_PER_DIM = ("neg_elbo_nats", "nll_nats")
+
+
+def with_bits_per_dim(numbers: dict, image_shape) -> dict:
+  """`numbers` with X_bits_per_dim beside every X_nats of IN_BITS_PER_DIM (any prefix):
+  nats / (H W C ln 2)."""
+  result = dict(numbers)
+  for name, value in numbers.items():
+    if name.endswith(IN_BITS_PER_DIM) and isinstance(value, (int, float)):
+      result[name[:-len("nats")] + "bits_per_dim"] = float(
+          losses.bits_per_dim(value, image_shape))
+  return result
+
+
 def final_result(evaluators: Evaluators, params, dataset, rng, config, *,
                  num_importance_samples: int, history: list[dict] = (), split="test",
                  **provenance) -> dict:
@@ -404,7 +421,7 @@ def final_result(evaluators: Evaluators, params, dataset, rng, config, *,
             for entry in history if f"{split}_nll_nats" in entry]
   if during:  # The NLLs of config.eval.nll_at_epochs, for curves.
     result["nll_during_training"] = during
-  return result
+  return with_bits_per_dim(result, evaluators.model.image_shape)
 
 
 def format_latent_diagnostics(result: dict) -> str:
@@ -421,13 +438,19 @@ def format_latent_diagnostics(result: dict) -> str:
   return text + f" ({result['latent_diagnostics_examples']} examples)"
 
 
+def _in_bits(numbers: dict, name: str) -> str:
+  value = numbers.get(f"{name}_bits_per_dim")
+  return "" if value is None else f" ({value:.4f} bits/dim)"
+
+
 def format_result(result: dict) -> str:
   """The printed (and logged) form of final_result's dict, with the NLL's warnings."""
-  parts = [f"{result.get('split', 'test')} -ELBO {result['neg_elbo_nats']:.2f} nats"]
+  parts = [f"{result.get('split', 'test')} -ELBO {result['neg_elbo_nats']:.2f} nats"
+           f"{_in_bits(result, 'neg_elbo')}"]
   if "nll_nats" in result:
-    parts.append(f"NLL {result['nll_nats']:.2f} ± {result['nll_stderr']:.2f} nats "
-                 f"(k = {result['num_importance_samples']}, {result['num_examples']} "
-                 f"examples, {result['nll_seconds']:.0f} s)")
+    parts.append(f"NLL {result['nll_nats']:.2f} ± {result['nll_stderr']:.2f} nats"
+                 f"{_in_bits(result, 'nll')} (k = {result['num_importance_samples']}, "
+                 f"{result['num_examples']} examples, {result['nll_seconds']:.0f} s)")
   lines = ["; ".join(parts)]
   if "nll_by_num_samples" in result:
     lines.append("NLL from the first k samples: " + ", ".join(

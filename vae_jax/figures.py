@@ -17,9 +17,9 @@ _SPLIT_STYLES = {"train": dict(color="tab:blue", marker="o"),
 
 
 def _pixels(image) -> np.ndarray:
-  """(H, W) from (H, W, 1) or (H, W)."""
+  """(H, W) from (H, W, 1) or (H, W); colour images (H, W, 3) as they are."""
   image = np.asarray(image)
-  return image[..., 0] if image.ndim == 3 else image
+  return image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
 
 
 def _pixels_batch(images) -> np.ndarray:
@@ -101,8 +101,11 @@ def latent_manifold(images, grid_values, title: str = "") -> plt.Figure:
   if len(grid_values) != rows or len(grid_values) != columns:
     raise ValueError(f"images {images.shape[:2]} need {rows} == {columns} == "
                      f"len(grid_values) ({len(grid_values)})")
-  # (rows, cols, H, W) -> (rows*H, cols*W), row i of tiles on row band i (origin at the top).
-  tiled = _pixels_batch(images).transpose(0, 2, 1, 3).reshape(rows * height, columns * width)
+  # (rows, cols, H, W[, 3]) -> (rows*H, cols*W[, 3]), row i of tiles on row band i (origin
+  # at the top).
+  pixels = _pixels_batch(images)
+  tiled = np.swapaxes(pixels, 1, 2).reshape((rows * height, columns * width)
+                                             + pixels.shape[4:])
   fig, axis = plt.subplots(figsize=(8, 8))
   axis.imshow(tiled, cmap="gray", vmin=0.0, vmax=1.0, origin="upper", interpolation="nearest")
   # Ticks at tile centres, labelled with the latent value that tile decodes.

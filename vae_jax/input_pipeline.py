@@ -7,6 +7,7 @@ touches tf.data. Offline machines point TFDS at the original files with
 """
 
 import dataclasses
+import functools
 import os
 import socket
 import tempfile
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import config_schema
+from vae_jax import image_files
 from vae_jax import parallel
 
 MANUAL_DIR_ENV = "VAE_JAX_MANUAL_DIR"
@@ -31,9 +33,11 @@ class DataError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split on the host: uint8 images (N, 28, 28, 1) in 0..255, int32 labels or None."""
+  """One split on the host: uint8 images (N, H, W, C) in 0..255, int32 labels or None, and
+  the dataset's number of classes (0 when it has no labels)."""
   images: np.ndarray
   labels: np.ndarray | None
+  num_classes: int = 0
 
   @property
   def num_examples(self) -> int:
@@ -106,7 +110,9 @@ def load_splits(data_config) -> dict[str, Split]:
 
   Read once per process and shared: callers must not write into the arrays.
   """
-  cache_key = (data_config.name, data_config.tfds_data_dir, data_config.validation_size)
+  cache_key = (data_config.name, data_config.path, data_config.tfds_data_dir,
+               data_config.validation_size, data_config.test_size,
+               tuple(data_config.image_size), data_config.resize_method)
   if cache_key not in _LOADED:
     _LOADED[cache_key] = _load_splits(data_config)
   return _LOADED[cache_key]
@@ -116,38 +122,93 @@ def load_splits(data_config) -> dict[str, Split]:
 DECODED_ARRAYS_FILE = "vae_jax_decoded_arrays.npz"
 
 
+# The order in which a source without its own splits (a folder, an .npz) is carved into
+# test, validation and train: one fixed permutation, the same for every run and seed, so
+# runs that differ in config.seed are compared on the same examples.
+_SPLIT_PERMUTATION_SEED = 0
+
+
 def _load_splits(data_config) -> dict[str, Split]:
-  import tensorflow_datasets as tfds  # Heavy (TensorFlow); only needed here.
-
   name = data_config.name
-  data_dir = data_config.tfds_data_dir or None
-  builder = tfds.builder(name, data_dir=data_dir)
-  if not builder.is_prepared():
-    _prepare(builder, name, resolve_manual_dir(data_config))
-  arrays = _tfds_arrays(builder, name, data_dir)
-
-  if "validation" in arrays:
-    loaded = {split: arrays[split] for split in ("train", "validation", "test")}
+  if name in config_schema.OWN_DATA:
+    read = image_files.read_folder if name == "folder" else image_files.read_npz
+    images, labels, num_classes = read(data_config.path, tuple(data_config.image_size),
+                                       data_config.resize_method)
+    order = np.random.default_rng(_SPLIT_PERMUTATION_SEED).permutation(len(images))
+    whole = Split(images[order], None if labels is None else labels[order], num_classes)
+    loaded = _carve(whole, {"train": whole}, data_config, carve_test=True)
   else:
-    # The validation split is the last `validation_size` examples in TFDS's (fixed) order.
-    train = arrays["train"]
-    num_train = train.num_examples - data_config.validation_size
-    if num_train <= 0:
-      raise ValueError(f"config.data.validation_size={data_config.validation_size} leaves no "
-                       f"training examples in {name!r}.")
-    labels = train.labels
-    loaded = {"train": Split(train.images[:num_train],
-                             None if labels is None else labels[:num_train]),
-              "validation": Split(train.images[num_train:],
-                                  None if labels is None else labels[num_train:]),
-              "test": arrays["test"]}
-  logging.info("Loaded %s: %s.", name,
-               ", ".join(f"{k} {v.num_examples}" for k, v in loaded.items()))
+    arrays = _tfds_arrays(data_config)
+    if "train" not in arrays:
+      raise DataError(f"TFDS dataset {name!r} has no 'train' split (it has "
+                      f"{', '.join(arrays)}); vae_jax trains on 'train'.")
+    loaded = _carve(arrays["train"], arrays, data_config, carve_test="test" not in arrays)
+  logging.info("Loaded %s: %s; images %s, %s.", name,
+               ", ".join(f"{k} {v.num_examples}" for k, v in loaded.items()),
+               "x".join(map(str, loaded["train"].images.shape[1:])),
+               f"{loaded['train'].num_classes} classes" if loaded["train"].num_classes
+               else "no labels")
   return loaded
 
 
-def _tfds_arrays(builder, name: str, data_dir: str | None) -> dict[str, Split]:
-  """Every split of a prepared TFDS dataset, whole, as numpy.
+def _carve(train: Split, arrays: dict[str, Split], data_config, *,
+           carve_test: bool) -> dict[str, Split]:
+  """{'train', 'validation', 'test'}: a split the source lacks is carved from the end of
+  train, in train's (fixed) order: the last validation_size examples are validation, the
+  test_size before them test (when the source has no test split)."""
+  num_validation = 0 if "validation" in arrays else data_config.validation_size
+  num_test = data_config.test_size if carve_test else 0
+  num_train = train.num_examples - num_validation - num_test
+  if num_train <= 0:
+    raise ValueError(f"config.data.validation_size={data_config.validation_size} and "
+                     f"config.data.test_size={data_config.test_size} leave no training "
+                     f"examples of the {train.num_examples} in {data_config.name!r}: set "
+                     "them smaller, e.g. --config.data.validation_size="
+                     f"{train.num_examples // 10} --config.data.test_size="
+                     f"{train.num_examples // 10 if carve_test else 0}.")
+
+  def part(start: int, stop: int) -> Split:
+    labels = None if train.labels is None else train.labels[start:stop]
+    return Split(train.images[start:stop], labels, train.num_classes)
+
+  return {"train": part(0, num_train),
+          "validation": arrays["validation"] if "validation" in arrays
+                        else part(num_train + num_test, train.num_examples),
+          "test": part(num_train, num_train + num_test) if carve_test else arrays["test"]}
+
+
+def _tfds_builder(data_config):
+  """The prepared TFDS builder of config.data.name; refuses a name TFDS does not know."""
+  import tensorflow_datasets as tfds  # Heavy (TensorFlow); only needed here.
+
+  name = data_config.name
+  try:
+    builder = tfds.builder(name, data_dir=data_config.tfds_data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DataError(
+        f"config.data.name={name!r} is neither a TFDS dataset nor 'folder' or 'npz'. Use a "
+        "TFDS image dataset's name (e.g. mnist, fashion_mnist, binarized_mnist, cifar10, "
+        "svhn_cropped, celeb_a, omniglot; the list: tfds.list_builders()), or your own "
+        "images with --config.data.name=folder --config.data.path=DIR.") from None
+  features = builder.info.features
+  if "image" not in features or not isinstance(features["image"], tfds.features.Image):
+    raise DataError(f"TFDS dataset {name!r} has no 'image' feature (its features: "
+                    f"{', '.join(features.keys())}); vae_jax models images.")
+  if not builder.is_prepared():
+    _prepare(builder, name, resolve_manual_dir(data_config))
+  return builder
+
+
+def _decoded_arrays_file(data_config) -> str:
+  if not data_config.image_size:
+    return DECODED_ARRAYS_FILE
+  height, width = data_config.image_size
+  return DECODED_ARRAYS_FILE.replace(
+      ".npz", f"_{height}x{width}_{data_config.resize_method}.npz")
+
+
+def _tfds_arrays(data_config) -> dict[str, Split]:
+  """Every split of a TFDS image dataset, whole, as numpy (resized if configured).
 
   TFDS decodes every image on every read (70,000 PNGs for MNIST, 3-4 s of each run's start
   on a 2-core machine) and has no cache of decoded arrays that several processes can share,
@@ -155,14 +216,23 @@ def _tfds_arrays(builder, name: str, data_dir: str | None) -> dict[str, Split]:
   the first read. A cache that does not load, or whose sizes disagree with the dataset's,
   is read again from TFDS and rewritten; one that cannot be written is skipped.
   """
-  path = os.path.join(builder.data_dir, DECODED_ARRAYS_FILE)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  name = data_config.name
+  builder = _tfds_builder(data_config)
+  label = builder.info.features["label"] if "label" in builder.info.features else None
+  num_classes = (label.num_classes if isinstance(label, tfds.features.ClassLabel) else 0)
+  path = os.path.join(builder.data_dir, _decoded_arrays_file(data_config))
   sizes = {split: info.num_examples for split, info in builder.info.splits.items()}
-  if os.path.exists(path):
+  # A builder without metadata (tfds.testing.mock_data) lists no splits: the usual names
+  # are read, and nothing is cached.
+  split_names = list(sizes) or ["train", "validation", "test"]
+  if sizes and os.path.exists(path):
     try:
       with np.load(path) as cached:
         arrays = {split: Split(cached[f"{split}.images"],
                                cached[f"{split}.labels"] if f"{split}.labels" in cached
-                               else None) for split in sizes}
+                               else None, num_classes) for split in sizes}
       if {split: a.num_examples for split, a in arrays.items()} == sizes:
         return arrays
       logging.warning("%s holds other split sizes than %s %s: reading the TFDS files again.",
@@ -171,16 +241,35 @@ def _tfds_arrays(builder, name: str, data_dir: str | None) -> dict[str, Split]:
       logging.warning("%s does not load (%s: %s): reading the TFDS files again.", path,
                       type(error).__name__, error)
 
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  image_shape = builder.info.features["image"].shape
+  if None in image_shape[:2] and not data_config.image_size:
+    raise DataError(f"The images of {name!r} differ in size: set "
+                    "config.data.image_size=(height, width) to resize them (and "
+                    "config.data.resize_method).")
   arrays = {}
-  for split in sizes:
-    decoded = tfds.as_numpy(tfds.load(name, split=split, data_dir=data_dir, batch_size=-1,
-                                      download=False))
-    images = np.asarray(decoded["image"], np.uint8).reshape(-1, 28, 28, 1)
+  for split in split_names:
+    load = functools.partial(tfds.load, name, split=split, download=False,
+                             data_dir=data_config.tfds_data_dir or None)
+    if sizes and not data_config.image_size:  # TFDS decodes the split as one batch.
+      decoded = tfds.as_numpy(load(batch_size=-1))
+      images = np.asarray(decoded["image"], np.uint8).reshape((-1,) + tuple(image_shape))
+      labels = decoded["label"] if num_classes else None
+    else:  # Image by image, resized (PIL, antialiased) if configured.
+      images, labels = [], []
+      for example in tfds.as_numpy(load()):
+        image = np.asarray(example["image"], np.uint8)
+        if data_config.image_size:
+          image = image_files.resize_array(image, data_config.image_size,
+                                           data_config.resize_method)
+        images.append(image)
+        labels.append(example["label"] if num_classes else 0)
+      images = np.stack(images)
     if name == "binarized_mnist":
       images = images * np.uint8(255)  # 0/1 -> 0/255, so every dataset is scaled alike.
-    arrays[split] = Split(images, np.asarray(decoded["label"], np.int32)
-                          if "label" in decoded else None)
+    arrays[split] = Split(images, np.asarray(labels, np.int32) if num_classes else None,
+                          num_classes)
+  if not sizes:
+    return arrays
   flat = {f"{split}.images": a.images for split, a in arrays.items()}
   flat.update({f"{split}.labels": a.labels for split, a in arrays.items()
                if a.labels is not None})
@@ -196,6 +285,26 @@ def _tfds_arrays(builder, name: str, data_dir: str | None) -> dict[str, Split]:
     if temporary and os.path.exists(temporary):
       os.remove(temporary)
   return arrays
+
+
+def configured_image_shape(config) -> tuple[int, int, int]:
+  """The image shape without reading the images: config.data.image_shape where set (a
+  trained run's config.json records it), else the TFDS dataset's, from its metadata (runs
+  written before vae_jax recorded the shape; the benchmark's synthetic data)."""
+  if config.data.image_shape:
+    return tuple(config.data.image_shape)
+  if config.data.name in config_schema.OWN_DATA:
+    raise ValueError(f"config.data.name={config.data.name!r}: the image shape is known once "
+                     "the images are read; set config.data.image_shape=(H, W, C).")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  shape = tfds.builder(config.data.name, data_dir=config.data.tfds_data_dir or None
+                       ).info.features["image"].shape
+  if config.data.image_size:
+    shape = tuple(config.data.image_size) + tuple(shape[-1:])
+  if None in shape:
+    raise ValueError(f"The images of {config.data.name!r} differ in size: set "
+                     "config.data.image_size=(H, W).")
+  return tuple(shape)
 
 
 def to_device(split: Split, sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
@@ -232,6 +341,14 @@ class DeviceData:
   eval: dict  # "validation" and/or "test", the non-empty ones.
   steps_per_epoch: int
   num_steps: int
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.splits["train"].images.shape[1:])
+
+  @property
+  def num_classes(self) -> int:
+    return self.splits["train"].num_classes
 
 
 def load_device_data(config, mesh: jax.sharding.Mesh) -> DeviceData:

@@ -4,6 +4,8 @@ Array-level densities first, then `elbo_terms`, which wires a VAE module to them
 example (callers vmap it over a batch, one explicit key per example).
 """
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -98,13 +100,89 @@ def gaussian_log_likelihood(image: jax.Array, mean: jax.Array,
   return jnp.sum(per_pixel, axis=-1)
 
 
+# 8-bit pixels k in 0..255 sit at x = 2 k / 255 - 1 in [-1, 1], each in a bin of this half
+# width (PixelCNN++'s and vdvae's convention); the end bins reach out to -inf and +inf.
+_HALF_BIN = 1.0 / 255.0
+
+
+def _coupled_means(x: jax.Array, means: jax.Array, coeffs: jax.Array) -> jax.Array:
+  """Each channel's mean shifted by sum_{j<c} coeff_cj * x_j (PixelCNN++): x (..., C, 1)
+  broadcasts over the components of means (..., C, M); coeffs (..., C(C-1)/2, M) in the
+  order (1, 0), (2, 0), (2, 1), ..."""
+  channels = means.shape[-2]
+  shifted, pair = [means[..., 0, :]], 0
+  for c in range(1, channels):
+    mean = means[..., c, :]
+    for j in range(c):
+      mean = mean + coeffs[..., pair, :] * x[..., j, :]
+      pair += 1
+    shifted.append(mean)
+  return jnp.stack(shifted, axis=-2)
+
+
+def discretized_logistic_log_prob(x: jax.Array, mean: jax.Array,
+                                  log_scale: jax.Array) -> jax.Array:
+  """log P(bin of x) under a logistic(mean, e^log_scale) discretized to the 256 bins of
+  [-1, 1]: log(sigmoid(b+) - sigmoid(b-)) with b+- = (x +- 1/255 - mean) / scale, the
+  first bin open to -inf and the last to +inf. Elementwise.
+
+  sigmoid(a) - sigmoid(b) = sigmoid(a) sigmoid(-b) (1 - e^(b - a)) is computed in logs, so
+  a bin far in either tail keeps its (tiny) mass instead of PixelCNN++'s density fallback.
+  """
+  inv_scale = jnp.exp(-log_scale)
+  plus = inv_scale * (x - mean + _HALF_BIN)
+  minus = inv_scale * (x - mean - _HALF_BIN)
+  log_cdf_plus = jax.nn.log_sigmoid(plus)  # log P(X <= upper edge)
+  log_survival_minus = jax.nn.log_sigmoid(-minus)  # log P(X > lower edge)
+  log_bin = (log_cdf_plus + log_survival_minus
+             + jnp.log(-jnp.expm1(-2.0 * _HALF_BIN * inv_scale)))
+  return jnp.where(x < -1.0 + _HALF_BIN, log_cdf_plus,
+                   jnp.where(x > 1.0 - _HALF_BIN, log_survival_minus, log_bin))
+
+
+def logistic_mixture_log_likelihood(image: jax.Array, decoded: dict) -> jax.Array:
+  """log p(x|z) of 8-bit pixels (image = k / 255 in [0, 1]) under each pixel's mixture of
+  discretized logistics (models/vae.py's LogisticMixtureHead), summed per image."""
+  x = (2.0 * image - 1.0)[..., None]  # (..., H, W, C, 1): broadcasts over components.
+  means = _coupled_means(x, decoded["means"], decoded["coeffs"])
+  per_channel = discretized_logistic_log_prob(x, means, decoded["log_scales"])
+  per_component = jnp.sum(per_channel, axis=-2) + jax.nn.log_softmax(decoded["logits"])
+  per_pixel = jax.nn.logsumexp(per_component, axis=-1)
+  return jnp.sum(per_pixel.reshape(per_pixel.shape[:-2] + (-1,)), axis=-1)
+
+
+def logistic_mixture_mean(decoded: dict) -> jax.Array:
+  """E[x|z] in [0, 1] of the mixture: each component's coupled means (linear in x, so
+  exact for the logistic's mean; the bins' clipping at the ends is ignored), weighted."""
+  means = decoded["means"]
+  expected, channels = [], means.shape[-2]
+  pair = 0
+  for c in range(channels):
+    mean = means[..., c, :]
+    for j in range(c):
+      mean = mean + decoded["coeffs"][..., pair, :] * expected[j]
+      pair += 1
+    expected.append(mean)
+  weights = jax.nn.softmax(decoded["logits"])[..., None, :]
+  x = jnp.sum(jnp.stack(expected, axis=-2) * weights, axis=-1)
+  return jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)
+
+
 def log_likelihood(likelihood: str, image: jax.Array, decoded: dict) -> jax.Array:
   """log p(x|z) per image, from the likelihood parameters the model's head returns."""
   if likelihood == "bernoulli":
     return bernoulli_log_likelihood(image, decoded["logits"])
   if likelihood == "gaussian":
     return gaussian_log_likelihood(image, decoded["mean"], decoded["logvar"])
+  if likelihood == "logistic_mixture":
+    return logistic_mixture_log_likelihood(image, decoded)
   raise ValueError(f"Unknown likelihood {likelihood!r}.")
+
+
+def bits_per_dim(nats: jax.Array, image_shape) -> jax.Array:
+  """nats per image -> bits per dimension, nats / (H W C ln 2): the unit of natural-image
+  likelihoods (per sub-pixel)."""
+  return nats / (math.prod(image_shape) * math.log(2.0))
 
 
 # The objectives (config.loss.objective): 'elbo' (with kl_weight, warm-up and free bits),
@@ -235,6 +313,8 @@ def mean_image(likelihood: str, decoded: dict) -> jax.Array:
     return jax.nn.sigmoid(decoded["logits"])
   if likelihood == "gaussian":
     return jnp.clip(decoded["mean"], 0.0, 1.0)
+  if likelihood == "logistic_mixture":
+    return logistic_mixture_mean(decoded)
   raise ValueError(f"Unknown likelihood {likelihood!r}.")
 
 

@@ -95,7 +95,7 @@ def create_train_state(model: nn.Module, config, rng_init: jax.Array,
   """Initializes parameters (from one example's shapes), Adam, and the average."""
   # Jitted: one compiled program instead of one per initializer op (about 2x faster to
   # start; the same parameters bit for bit).
-  variables = jax.jit(model.init)(rng_init, jnp.zeros(models.IMAGE_SHAPE, jnp.float32),
+  variables = jax.jit(model.init)(rng_init, jnp.zeros(model.image_shape, jnp.float32),
                                   jnp.zeros((model.noise_dim,), jnp.float32),
                                   jnp.zeros((), jnp.int32))
   params = variables["params"]

@@ -226,8 +226,9 @@ class RunRecord:
     to TensorBoard, epoch_metrics.jsonl and the log."""
     train_means = epoch_means(self.epoch_metrics)
     self.epoch_metrics = []
-    summary = {**_with_split("train", train_means), **evaluations,
-               "epoch": round(step / steps_per_epoch, 3)}
+    summary = evaluators_lib.with_bits_per_dim(
+        {**_with_split("train", train_means), **evaluations,
+         "epoch": round(step / steps_per_epoch, 3)}, self.config.data.image_shape)
     self.writer.write_scalars(step, workdir_lib.tensorboard_scalars(
         {**summary, "train_learning_rate": self.learning_rate(steps_per_epoch, step)}))
     summary["step"] = step
@@ -235,9 +236,10 @@ class RunRecord:
     workdir_lib.write_history(self.workdir, self.history)
     skipped = train_means.get("skipped_updates")
     logging.info("%sepoch %g (step %d): train -ELBO %.2f (reconstruction %.2f, KL %.2f); "
-                 "test -ELBO %.2f nats%s", self.label, summary["epoch"], step,
-                 summary["train_neg_elbo_nats"], summary["train_reconstruction_nats"],
+                 "test -ELBO %.2f nats (%.4f bits/dim)%s", self.label, summary["epoch"],
+                 step, summary["train_neg_elbo_nats"], summary["train_reconstruction_nats"],
                  summary["train_kl_nats"], summary.get("test_neg_elbo_nats", float("nan")),
+                 summary.get("test_neg_elbo_bits_per_dim", float("nan")),
                  f"; {skipped} updates skipped" if skipped else "")
 
   def save(self, step: int, state) -> None:
@@ -294,16 +296,22 @@ class Group:
     for config in configs:
       config_schema.validate(config)
     steps.check_vectorizable(configs)
-    self.config = steps.shared_config(configs)
     self.timer = timer
+    self.mesh = parallel.make_mesh()
+    # The data is read and checked before anything is written under a workdir, and its
+    # image shape goes into every run's config (and so into its config.json).
+    with timer.phase("data"):
+      self.data = input_pipeline.load_device_data(steps.shared_config(configs), self.mesh)
+    configs = [config_schema.with_data(config, self.data.image_shape,
+                                       self.data.splits["train"].num_examples,
+                                       self.data.num_classes) for config in configs]
+    self.config = steps.shared_config(configs)
     self.records = [RunRecord(config, workdir, f"{workdir}: " if len(configs) > 1 else "")
                     for config, workdir in zip(configs, workdirs)]
-    self.mesh = parallel.make_mesh()
-    with timer.phase("data"):
-      self.data = input_pipeline.load_device_data(self.config, self.mesh)
     self.cadence = Cadence.from_config(self.config, self.data.steps_per_epoch,
                                        self.data.num_steps)
-    self.model = models.get_model(self.config.model, self.config.dtype)
+    self.model = models.get_model(self.config.model, self.config.data.image_shape,
+                                  self.config.dtype)
     with timer.phase("checkpoints"):
       self.restore()
     for record in self.records:  # After restore: the step it resumes from is settled.
@@ -484,15 +492,18 @@ class Group:
   def evaluate_final(self) -> None:
     """Each run's final evaluation of the test split, from the group's evaluators (so
     each program compiles once for all runs) with the run's own eval.* settings."""
-    if "test" not in self.data.eval:
+    # Data without a test split (a folder or an .npz with data.test_size = 0): validation.
+    split = next((name for name in ("test", "validation") if name in self.data.eval), None)
+    if split is None:
       return
     with self.timer.phase("final_eval"):
       for index, record in enumerate(self.records):
         record.write_final(self.step, evaluators_lib.final_result(
-            self.evaluators, self.params(index), self.data.eval["test"],
+            self.evaluators, self.params(index), self.data.eval[split],
             record.keys["eval"], record.config,
             num_importance_samples=record.config.eval.num_importance_samples,
-            history=record.history, step=self.step, checkpoint="latest", weights="raw"))
+            history=record.history, split=split, step=self.step, checkpoint="latest",
+            weights="raw"))
 
   def close(self) -> None:
     for record in self.records:

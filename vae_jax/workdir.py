@@ -38,6 +38,7 @@ import ml_collections
 from vae_jax import checkpoint
 from vae_jax import config_schema
 from vae_jax import figures
+from vae_jax import input_pipeline
 from vae_jax import models
 from vae_jax import steps
 
@@ -383,7 +384,8 @@ def load_run(workdir: str, checkpoint_choice: str = "latest",
     raise ValueError(f"--weights=ema: {workdir} was trained without a moving average of its "
                      "parameters (config.train.ema_decay=0). Use --weights=raw, or train "
                      "with e.g. --config.train.ema_decay=0.999.")
-  model = models.get_model(config.model, config.dtype)
+  model = models.get_model(config.model, input_pipeline.configured_image_shape(config),
+                           config.dtype)
   keys = steps.run_keys(config.seed)
   checkpointer = checkpoint.Checkpointer(workdir, config.checkpoints_to_keep)
   initial = steps.create_train_state(model, config, keys["init"])

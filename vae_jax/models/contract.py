@@ -52,9 +52,10 @@ class Family(Protocol):
 
   Sizes: `latent_dim`, the size of z as `decode` takes it; `noise_dim`, the standard-normal
   noise behind one posterior sample (`eps` of `__call__`); `num_classes` > 0 for a model
-  conditional on a label (`conditional`).
+  conditional on a label (`conditional`); `image_shape`, (H, W, C) of its images.
   """
   num_classes: int
+  image_shape: tuple[int, ...]
 
   @property
   def conditional(self) -> bool: ...
@@ -132,7 +133,7 @@ class Parts:
   (`model.name`) and the likelihood head, and what a family needs to build more layers
   in the same style."""
   encoder: nn.Module  # (image, condition, train) -> (mean, logvar) of a diagonal Gaussian.
-  decoder: nn.Module  # (z [+ condition], train) -> one raw output per pixel.
+  decoder: nn.Module  # (z [+ condition], train) -> the head's raw outputs per pixel.
   head: nn.Module  # Raw outputs -> the likelihood's parameters.
   num_classes: int  # > 0 for a conditional model.
   image_shape: tuple[int, ...]

@@ -3,7 +3,8 @@
 Encoder: strided 'SAME' convolutions, each followed by dropout, then dense mean and
 log-variance heads. (The seeds' log-std head `0.5 * dense` is the same parametrization:
 logvar = 2 * log-std = dense.) Decoder: dense layers up to a small feature map,
-transposed convolutions, then a dense layer to one output per pixel.
+transposed convolutions, then a dense layer to the outputs of every pixel (the seeds), or
+a stride-1 convolution to each pixel's outputs (`output='conv'`: larger images).
 """
 
 import functools
@@ -50,7 +51,9 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-  """Latent -> dense layers -> (side, side, c) map -> transposed convs -> dense per pixel.
+  """Latent -> dense layers -> (side, side, c) map -> transposed convs -> the outputs,
+  output_shape (H, W, outputs per pixel): by a dense layer from the whole map (`output`
+  'dense', the seeds; any H, W) or a stride-1 conv ('conv'; the map must be H x W).
 
   The last dense width must be side * side * c for the reshape (seeds: 49 = 7 x 7 x 1).
   Dropout follows every transposed conv but the last, as in the seeds.
@@ -60,12 +63,13 @@ class ConvDecoder(nn.Module):
   features: Sequence[int]
   strides: Sequence[int]
   kernel_size: int
-  image_shape: tuple[int, int, int]
+  output_shape: tuple[int, int, int]
   activation: Callable[[jax.Array], jax.Array]
   conv_activation: Callable[[jax.Array], jax.Array]
   kernel_init: nn.initializers.Initializer
   dropout_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32  # Of the computation; parameters are float32.
+  output: str = "dense"
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = False):
@@ -82,7 +86,12 @@ class ConvDecoder(nn.Module):
       hidden = self.conv_activation(hidden)
       if index < len(self.features) - 1:
         hidden = nn.Dropout(self.dropout_rate, deterministic=not train)(hidden)
+    if self.output == "conv":
+      output = nn.Conv(self.output_shape[-1], (self.kernel_size, self.kernel_size),
+                       padding="SAME", kernel_init=self.kernel_init, dtype=self.dtype,
+                       name="output")(hidden)
+      return output.astype(jnp.float32)
     hidden = hidden.reshape(z.shape[:-1] + (-1,))
-    num_pixels = math.prod(self.image_shape)
-    output = dense(num_pixels, name="output")(hidden).astype(jnp.float32)
-    return output.reshape(z.shape[:-1] + tuple(self.image_shape))
+    num_outputs = math.prod(self.output_shape)
+    output = dense(num_outputs, name="output")(hidden).astype(jnp.float32)
+    return output.reshape(z.shape[:-1] + tuple(self.output_shape))

@@ -124,7 +124,8 @@ class IAFVAE(VAE):
 def build(model_config, parts: contract.Parts) -> IAFVAE:
   options = model_config.iaf
   return IAFVAE(encoder=parts.encoder, decoder=parts.decoder, head=parts.head,
-                num_classes=parts.num_classes, steps=options.steps,
+                num_classes=parts.num_classes, image_shape=parts.image_shape,
+                steps=options.steps,
                 hidden_dim=options.hidden_dim, gate_bias=options.gate_bias,
                 made_activation=parts.activation, made_kernel_init=parts.kernel_init)
 

@@ -54,9 +54,10 @@ class MLPEncoder(GaussianMLP):
 
 
 class MLPDecoder(nn.Module):
-  """Latent -> hidden layers (the encoder's, mirrored) -> one output per pixel."""
+  """Latent -> hidden layers (the encoder's, mirrored) -> the head's outputs per pixel,
+  output_shape (H, W, outputs per pixel)."""
   hidden_dims: Sequence[int]
-  image_shape: tuple[int, int, int]
+  output_shape: tuple[int, int, int]
   activation: Callable[[jax.Array], jax.Array]
   kernel_init: nn.initializers.Initializer
   dropout_rate: float = 0.0
@@ -69,6 +70,6 @@ class MLPDecoder(nn.Module):
     for width in reversed(self.hidden_dims):
       hidden = self.activation(dense(width)(hidden))
       hidden = nn.Dropout(self.dropout_rate, deterministic=not train)(hidden)
-    num_pixels = math.prod(self.image_shape)
-    output = dense(num_pixels, name="output")(hidden).astype(jnp.float32)
-    return output.reshape(z.shape[:-1] + tuple(self.image_shape))
+    num_outputs = math.prod(self.output_shape)
+    output = dense(num_outputs, name="output")(hidden).astype(jnp.float32)
+    return output.reshape(z.shape[:-1] + tuple(self.output_shape))

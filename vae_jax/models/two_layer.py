@@ -29,6 +29,7 @@ class TwoLayerVAE(nn.Module, contract.PriorSampling):
     top_decoder: (z2, condition, train) -> (mean, logvar) of p(z1|z2).
     decoder: (z1 [+ condition], train) -> one raw output per pixel, then `head`.
     num_classes: > 0 makes the model conditional on a label in [0, num_classes).
+    image_shape: (H, W, C) of the images it models.
   """
   bottom_encoder: nn.Module
   top_encoder: nn.Module
@@ -36,6 +37,7 @@ class TwoLayerVAE(nn.Module, contract.PriorSampling):
   decoder: nn.Module
   head: nn.Module
   num_classes: int = 0
+  image_shape: tuple[int, ...] = ()
 
   @property
   def conditional(self) -> bool:

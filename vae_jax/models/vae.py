@@ -44,8 +44,36 @@ def join_condition(inputs: jax.Array, condition: jax.Array | None) -> jax.Array:
 class BernoulliHead(nn.Module):
   """Decoder outputs are the logits of independent Bernoulli pixels."""
 
+  def outputs_per_pixel(self, channels: int) -> int:
+    return channels
+
   def __call__(self, output: jax.Array) -> dict[str, jax.Array]:
     return {"logits": output}
+
+
+class LogisticMixtureHead(nn.Module):
+  """Decoder outputs -> a mixture of `components` discretized logistics per pixel, its
+  channels coupled linearly as in PixelCNN++ (Salimans et al. 2017): channel c's mean is
+  shifted by sum_{j<c} coeff_cj * x_j. Per pixel: the mixture's logits, then each channel's
+  means and log-scales, then the C (C - 1) / 2 coefficients, each for every component.
+  Means live in [-1, 1], the pixel range losses.logistic_mixture_log_likelihood uses."""
+  components: int = 10
+  channels: int = 1
+
+  def outputs_per_pixel(self, channels: int) -> int:
+    return self.components * (1 + 2 * channels + channels * (channels - 1) // 2)
+
+  def __call__(self, output: jax.Array) -> dict[str, jax.Array]:
+    m, c = self.components, self.channels
+    pairs = c * (c - 1) // 2
+    logits, means, log_scales, coeffs = jnp.split(
+        output, [m, m + m * c, m + 2 * m * c], axis=-1)
+    shape = output.shape[:-1]
+    return {"logits": logits,
+            "means": means.reshape(shape + (c, m)),
+            # PixelCNN++'s floor: a scale below e^-7 is far narrower than a bin (2/255).
+            "log_scales": jnp.maximum(log_scales.reshape(shape + (c, m)), -7.0),
+            "coeffs": jnp.tanh(coeffs.reshape(shape + (pairs, m)))}
 
 
 class GaussianHead(nn.Module):
@@ -65,6 +93,9 @@ class GaussianHead(nn.Module):
   fixed_variance: float = 1.0
   min_variance: float = 1e-3
 
+  def outputs_per_pixel(self, channels: int) -> int:
+    return channels
+
   @nn.compact
   def __call__(self, output: jax.Array) -> dict[str, jax.Array]:
     mean = jax.nn.sigmoid(output) if self.mean_activation == "sigmoid" else output
@@ -83,14 +114,16 @@ class VAE(nn.Module, contract.PriorSampling):
 
   Attributes:
     encoder: module (image, condition, train) -> (mean, logvar) of the Gaussian posterior.
-    decoder: module (latent, train) -> one raw output per pixel.
+    decoder: module (latent, train) -> the head's raw outputs, (H, W, head.outputs_per_pixel).
     head: module mapping the decoder's output to the likelihood's parameters (a dict).
     num_classes: > 0 makes the model conditional on a label in [0, num_classes).
+    image_shape: (H, W, C) of the images it models.
   """
   encoder: nn.Module
   decoder: nn.Module
   head: nn.Module
   num_classes: int = 0
+  image_shape: tuple[int, ...] = ()
 
   @property
   def conditional(self) -> bool:

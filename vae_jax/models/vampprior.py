@@ -28,7 +28,6 @@ class VampPriorVAE(VAE):
   num_pseudo_inputs: int = 500
   pseudo_input_mean: float = 0.05
   pseudo_input_stddev: float = 0.01
-  image_shape: tuple[int, ...] = (28, 28, 1)
 
   standard_normal_prior = False
   inference_networks = ()  # The encoder is also the prior's.
