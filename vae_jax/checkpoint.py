@@ -12,6 +12,13 @@ A save that fails (no space, no permission, a vanished directory) raises `WriteE
 which names the file and the OS error; its temporary folder is removed at once.
 `Checkpointer.check_space` warns, once, when the filesystem has less room than the next
 checkpoint needs.
+
+The workdir may be on any filesystem that etils.epath knows: orbax takes the same path (its
+arrays go through tensorstore, whose kvstore for `gs://` is the gcs driver), and the files
+handled here go through `epath.Path`. GCS has no atomic rename (a folder's rename is a copy
+and a delete of each object): there orbax writes a step under its own name and marks it
+complete with a `commit_success.txt` file instead, and `saved_steps` counts only the steps
+so marked.
 """
 
 import contextlib
@@ -20,9 +27,11 @@ import os
 import re
 import shutil
 import signal
+import sys
 import threading
 
 from absl import logging
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
@@ -92,6 +101,33 @@ def _orbax_logs_held():
     handler.removeFilter(held)
 
 
+def is_object_store(path) -> bool:
+  """Whether `path` is a URI (gs://bucket/..., s3://...) rather than a local path."""
+  return "://" in os.fspath(path)
+
+
+def file_errors() -> tuple[type[BaseException], ...]:
+  """What a failed read or write of a workdir file raises: OSError, and on a filesystem
+  that epath reaches through tf.io.gfile (gs://) the TensorFlow errors it does not turn
+  into OSErrors (e.g. permission denied)."""
+  tensorflow = sys.modules.get("tensorflow")
+  errors = getattr(tensorflow, "errors", None)
+  return (OSError,) + ((errors.OpError,) if errors is not None else ())
+
+
+def _absolute(path: str) -> str:
+  return path if is_object_store(path) else os.path.abspath(path)
+
+
+def _remove_tree(path: epath.Path) -> None:
+  """Removes a folder, as much of it as can be removed."""
+  if is_object_store(path):
+    with contextlib.suppress(*file_errors()):
+      path.rmtree()
+  else:
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _directory_bytes(path: str) -> int:
   return sum(os.path.getsize(os.path.join(root, name))
              for root, _, names in os.walk(path) for name in names)
@@ -99,11 +135,14 @@ def _directory_bytes(path: str) -> int:
 
 def saved_steps(workdir: str) -> list[int]:
   """The steps of the complete checkpoints in workdir/checkpoints, oldest first (orbax
-  gives a step's folder its name only when the save is complete)."""
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
+  gives a step's folder its name only when the save is complete; on an object store it
+  writes a commit_success.txt file into it instead)."""
+  directory = epath.Path(workdir) / "checkpoints"
+  if not directory.is_dir():
     return []
-  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+  return sorted(int(path.name) for path in directory.iterdir()
+                if path.name.isdigit()
+                and (not is_object_store(path) or ocp.step.is_checkpoint_finalized(path)))
 
 
 def state_bytes(state) -> int:
@@ -138,7 +177,7 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, max_to_keep: int):
-    self.workdir = os.path.abspath(workdir)
+    self.workdir = _absolute(workdir)
     self.directory = os.path.join(self.workdir, "checkpoints")
     keep = ocp.checkpoint_managers.AnyPreservationPolicy([
         ocp.checkpoint_managers.LatestN(n=max_to_keep),
@@ -201,7 +240,7 @@ class Checkpointer:
   def _restore(self, step, initial_state):
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _saved_items(initial_state))
     step_dir = self.step_path(step)
-    if os.path.isdir(os.path.join(step_dir, "default")):  # Written before `progress` existed.
+    if (epath.Path(step_dir) / "default").is_dir():  # Written before `progress` existed.
       legacy = ocp.CheckpointManager(self.directory)
       items = legacy.restore(step, args=ocp.args.StandardRestore(abstract))
       legacy.close()
@@ -215,11 +254,14 @@ class Checkpointer:
     target = os.path.join(self.workdir, "corrupt_checkpoints", str(step))
     if jax.process_index() == 0:
       suffix = 0
-      while os.path.exists(target + (f".{suffix}" if suffix else "")):
+      while epath.Path(target + (f".{suffix}" if suffix else "")).exists():
         suffix += 1
       target += f".{suffix}" if suffix else ""
-      os.makedirs(os.path.dirname(target), exist_ok=True)
-      shutil.move(self.step_path(step), target)
+      epath.Path(os.path.dirname(target)).mkdir(parents=True, exist_ok=True)
+      if is_object_store(target):  # A folder's "move" there renames each object in it.
+        epath.Path(self.step_path(step)).rename(target)
+      else:
+        shutil.move(self.step_path(step), target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
     self._manager.reload()
@@ -228,8 +270,8 @@ class Checkpointer:
   def check_space(self, state) -> None:
     """Warns once when the workdir's filesystem has less free space than the next
     checkpoint needs: the last one's size, or before the first the state's bytes."""
-    if self._space_warned or jax.process_index() != 0:
-      return
+    if self._space_warned or jax.process_index() != 0 or is_object_store(self.directory):
+      return  # An object store has no free space to measure.
     needed = self._last_checkpoint_bytes or state_bytes(state)
     free = shutil.disk_usage(self.directory).free
     if free < needed:
@@ -259,12 +301,15 @@ class Checkpointer:
         self._manager.wait_until_finished()
     except Exception as error:  # pylint: disable=broad-except  (orbax wraps the OS's)
       if jax.process_index() == 0:
-        for leftover in os.listdir(self.directory):
-          if leftover.startswith(f"{step}.orbax-checkpoint-tmp"):
-            shutil.rmtree(os.path.join(self.directory, leftover), ignore_errors=True)
+        for leftover in epath.Path(self.directory).iterdir():
+          # On GCS orbax writes under the step's own name, marked complete at the end.
+          if (leftover.name.startswith(f"{step}.orbax-checkpoint-tmp")
+              or (leftover.name == str(step) and is_object_store(leftover)
+                  and not ocp.step.is_checkpoint_finalized(leftover))):
+            _remove_tree(leftover)
       raise WriteError(f"the checkpoint of step {step}", self.step_path(step),
                        os_error_reason(error)) from error
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and not is_object_store(self.directory):  # For check_space.
       self._last_checkpoint_bytes = _directory_bytes(self.step_path(step))
 
   def close(self) -> None:

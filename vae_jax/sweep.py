@@ -35,6 +35,7 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import jax
 
 from vae_jax import checkpoint
@@ -131,7 +132,7 @@ def expand(sweep: Sweep, workdir: str, extra: dict | None = None) -> list[SweepR
 
 
 def is_finished(run: SweepRun) -> bool:
-  return os.path.exists(os.path.join(run.workdir, RESULT_FILE))
+  return epath.Path(run.workdir, RESULT_FILE).exists()
 
 
 def _write_result(run: SweepRun, summary: dict, wall_seconds: float,

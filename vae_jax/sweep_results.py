@@ -21,8 +21,8 @@ import math
 import os
 import platform
 import re
-import shutil
 
+from etils import epath
 import jax
 import numpy as np
 
@@ -405,7 +405,8 @@ def plot(rows: list[dict], keys: list[str], column: str, label: str, path: str) 
   if other_keys:
     axis.legend(fontsize=8)
   figure.tight_layout()
-  figures.save_png(figure, path)
+  with epath.Path(path).open("wb") as f:  # The sweep's workdir may be gs://...
+    figures.save_png(figure, f)
   return True
 
 
@@ -416,14 +417,14 @@ def aggregate(sweep, runs, workdir: str, *, name: str, report_dir: str | None = 
   point (its name in results.csv) the paired differences are taken to; None: the first."""
   baseline = baseline_name(sweep, baseline)  # An unknown name fails before writing.
   def read(run):
-    path = os.path.join(run.workdir, "result.json")
-    if not os.path.exists(path):
+    path = epath.Path(run.workdir) / "result.json"
+    if not path.exists():
       return None
-    with open(path) as f:
+    with path.open() as f:
       return json.load(f)
 
   keys = swept_keys(sweep)
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   rows = collect(runs, read)
   write_csv(rows, keys, os.path.join(workdir, "results.csv"))
   plots = [f"{column}.png" for column, label in METRICS if column in PLOTTED
@@ -443,13 +444,13 @@ def write_report(report_dir: str, name: str, sweep, block: str, plots: list[str]
                  workdir: str) -> None:
   """report_dir/README.md with the generated block replaced (hand-written text kept) and
   the plots copied beside it."""
-  os.makedirs(report_dir, exist_ok=True)
+  epath.Path(report_dir).mkdir(parents=True, exist_ok=True)
   for plot_name in plots:
-    shutil.copyfile(os.path.join(workdir, plot_name), os.path.join(report_dir, plot_name))
+    epath.Path(workdir, plot_name).copy(epath.Path(report_dir, plot_name), overwrite=True)
   path = os.path.join(report_dir, "README.md")
   generated = f"{BEGIN}\n{block}\n{END}"
-  if os.path.exists(path):
-    with open(path) as f:
+  if epath.Path(path).exists():
+    with epath.Path(path).open() as f:
       text = f.read()
     if BEGIN in text and END in text:
       text = text[:text.index(BEGIN)] + generated + text[text.index(END) + len(END):]

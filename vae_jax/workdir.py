@@ -15,6 +15,10 @@
                          train_interval/...), hparams and images
 
 Only process 0 writes files; the other processes of a multi-host run read.
+
+A workdir may be on any filesystem that etils.epath knows (a local folder, `gs://bucket/run`,
+...): every file here and in vae_jax/checkpoint.py goes through `epath.Path`, orbax and clu's
+TensorBoard writer take the same path, so a run's files all land in one place.
 """
 
 import contextlib
@@ -31,6 +35,7 @@ from typing import Any
 
 from absl import logging
 from clu import metric_writers
+from etils import epath
 import flax.linen as nn
 import jax
 import ml_collections
@@ -73,13 +78,26 @@ def write_atomically(path: str, text: str) -> None:
   """A kill mid-write leaves the old file or the new one, never half of one. Raises
   checkpoint.WriteError naming the file and the OS error when it cannot be written (no
   space, no permission, a vanished directory); the old file stays."""
+  path = os.fspath(path)
+  errors = checkpoint.file_errors()
+  if checkpoint.is_object_store(path):
+    # An object store (gs://, s3://) has no atomic rename: epath's "rename" there is a copy
+    # and a delete. It needs none: an object is replaced whole when its upload completes,
+    # and an upload cut short leaves the old object, so the file is written in place.
+    try:
+      epath.Path(path).write_text(text)
+    except errors as error:
+      raise checkpoint.WriteError(os.path.basename(path), path,
+                                  checkpoint.os_error_reason(error)) from error
+    return
+  temporary = epath.Path(path + ".tmp")
   try:
-    with open(path + ".tmp", "w") as f:
+    with temporary.open("w") as f:
       f.write(text)
-    os.replace(path + ".tmp", path)
-  except OSError as error:
-    with contextlib.suppress(OSError):
-      os.remove(path + ".tmp")
+    temporary.replace(path)
+  except errors as error:
+    with contextlib.suppress(*errors):
+      temporary.unlink()
     raise checkpoint.WriteError(os.path.basename(path), path,
                                 checkpoint.os_error_reason(error)) from error
 
@@ -98,10 +116,10 @@ def eval_file(split: str) -> str:
 
 
 def read_eval(workdir: str, split: str = "test") -> dict | None:
-  path = os.path.join(workdir, eval_file(split))
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / eval_file(split)
+  if not path.exists():
     return None
-  with open(path) as f:
+  with path.open() as f:
     return json.load(f)
 
 
@@ -125,7 +143,7 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 def check_same_config(config, workdir: str, checkpoint_step: int | None) -> None:
   """Refuses to resume a run that was trained with a different config, naming the keys."""
   path = os.path.join(workdir, CONFIG_FILE)
-  if checkpoint_step is None or not os.path.exists(path):
+  if checkpoint_step is None or not epath.Path(path).exists():
     return
   differences = config_schema.resume_differences(config_schema.load_json(path), config)
   if not differences:
@@ -243,10 +261,10 @@ def code_changes(previous: dict, current: dict) -> list[str]:
 
 def read_manifest(workdir: str) -> list[dict]:
   """manifest.json's entries, oldest first; [] when there is none."""
-  path = os.path.join(workdir, MANIFEST_FILE)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / MANIFEST_FILE
+  if not path.exists():
     return []
-  with open(path) as f:
+  with path.open() as f:
     return json.load(f)
 
 
@@ -283,10 +301,10 @@ def record_manifest(workdir: str, config: ml_collections.ConfigDict,
 
 def read_history(workdir: str, up_to_step: int | None = None) -> list[dict]:
   """The per-epoch summaries a run logged (one JSON object per line), oldest first."""
-  path = os.path.join(workdir, HISTORY_FILE)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / HISTORY_FILE
+  if not path.exists():
     return []
-  with open(path) as f:
+  with path.open() as f:
     history = [_current_names(json.loads(line)) for line in f if line.strip()]
   return [h for h in history if up_to_step is None or h["step"] <= up_to_step]
 
@@ -328,9 +346,10 @@ def write_figures(workdir: str, writer, step: int, named_figures: dict, *,
                   save_png: bool = True) -> list[str]:
   """Figures as workdir/figures/<name>.png and as TensorBoard images; returns the paths."""
   figure_dir = os.path.join(workdir, "figures")
+  errors = checkpoint.file_errors()
   try:
-    os.makedirs(figure_dir, exist_ok=True)
-  except OSError as error:
+    epath.Path(figure_dir).mkdir(parents=True, exist_ok=True)
+  except errors as error:
     raise checkpoint.WriteError("the figures folder", figure_dir,
                                 checkpoint.os_error_reason(error)) from error
   images, paths = {}, []
@@ -338,8 +357,11 @@ def write_figures(workdir: str, writer, step: int, named_figures: dict, *,
     if save_png:
       paths.append(os.path.join(figure_dir, f"{name}.png"))
       try:
-        images[f"figures/{name}"] = figures.save_png(figure, paths[-1])
-      except OSError as error:
+        # matplotlib writes to the open file (a PNG: savefig's default format) the bytes
+        # it would write to the local path.
+        with epath.Path(paths[-1]).open("wb") as f:
+          images[f"figures/{name}"] = figures.save_png(figure, f)
+      except errors as error:
         raise checkpoint.WriteError(f"the figure {name}", paths[-1],
                                     checkpoint.os_error_reason(error)) from error
     else:
@@ -374,7 +396,7 @@ def load_run(workdir: str, checkpoint_choice: str = "latest",
   checkpoint is read.
   """
   config_path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(config_path):
+  if not epath.Path(config_path).exists():
     raise ValueError(f"{config_path} does not exist: --workdir must be a directory that "
                      "python -m vae_jax.main trained in.")
   config = config_schema.load_json(config_path)
