@@ -1,7 +1,7 @@
 """Prints a run of configs/iwae.py's schedule stage by stage, as README's table, and draws
 its test NLL against epochs beside the paper's final number.
 
-    python experiments/stages.py runs/iwae_vae_k1_s6 [--figure=PATH] [--paper_nll=86.76]
+    python experiments/stages.py runs/iwae_vae_k1_s8 [--figure=PATH] [--paper_nll=86.76]
 
 Reads the run's config.json, epoch_metrics.jsonl (the stage-end NLLs of
 config.eval.nll_at_epochs) and eval.json (the NLL with k = 5000 at the end), all written by
@@ -69,6 +69,7 @@ def main():
   print(markdown(rows, args.paper_nll))
   if args.figure:
     with_nll = [row for row in rows if "nll" in row]
+    os.makedirs(os.path.dirname(args.figure) or ".", exist_ok=True)
     figures.save_png(figures.nll_by_epoch(
         [row["epoch"] for row in with_nll], [row["nll"] for row in with_nll],
         [row["nll_stderr"] for row in with_nll],
