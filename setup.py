@@ -13,6 +13,8 @@ setuptools.setup(
         "flax>=0.10",
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
+        "etils[epath]>=1.5",  # Workdirs on any filesystem (local, gs://, ...), as orbax's.
+        "google-cloud-storage>=2.18",  # orbax checks a gs:// bucket's layout with it.
         "clu>=0.0.12",
         "tensorflow-cpu>=2.16",
         "tensorboard>=2.16",
@@ -24,7 +26,9 @@ setuptools.setup(
         "ml-collections>=0.1.1",
     ],
     extras_require={
-        "test": ["pytest>=7", "chex>=0.1.87"],
+        # A gs:// workdir is tested against an in-memory GCS emulator on localhost.
+        "test": ["pytest>=7", "chex>=0.1.87", "gcp-storage-emulator>=2026.7.19",
+                 "cryptography>=42"],
         # The accelerator builds of JAX: pip install -e '.[cuda]' (NVIDIA GPUs, CUDA 13
         # wheels; '.[cuda12]' for CUDA 12 drivers) or -e '.[tpu]' (Cloud TPU VMs).
         "cuda": ["jax[cuda13]>=0.10"],

@@ -10,6 +10,7 @@ import json
 import math
 import os
 
+from etils import epath
 from flax import traverse_util
 import ml_collections
 
@@ -370,7 +371,7 @@ def load_json(path: str) -> ml_collections.ConfigDict:
 
   JSON has no tuples, so lists become tuples where the default is one.
   """
-  with open(path) as f:
+  with epath.Path(path).open() as f:  # A workdir may be on any filesystem epath reads.
     saved = traverse_util.flatten_dict(json.load(f), sep=".")
   config = default_config()
   defaults = flat_items(config)

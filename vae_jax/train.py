@@ -23,6 +23,7 @@ import time
 from absl import logging
 from clu import metric_writers
 from clu import parameter_overview
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -180,7 +181,7 @@ class RunRecord:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, label: str = ""):
     self.config, self.workdir = config, workdir
     self.label = label  # Prefixes its log lines when the group has several runs.
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Local, gs://, ...
     self.checkpointer = checkpoint.Checkpointer(workdir, config.checkpoints_to_keep)
     workdir_lib.check_same_config(config, workdir, self.checkpointer.latest_step())
     workdir_lib.write_config(workdir, config)
