@@ -231,7 +231,8 @@ def test_aggregate_writes_the_paired_table_into_results_md_and_the_report(tmp_pa
   # results.csv names each metric's column exactly as the summary key it comes from.
   lines = (tmp_path / "sweep" / "results.csv").read_text().splitlines()
   assert lines[0] == (
-      "point,loss.kl_weight,seed,test_neg_elbo_nats,test_nll_nats,test_reconstruction_nats,"
-      "test_kl_nats,test_active_units,test_mutual_information_nats,test_active_units_z1,"
-      "test_active_units_z2,test_kl_nats_z1,test_kl_nats_z2,wall_seconds,models_per_program")
-  assert lines[1] == "loss.kl_weight=0.5,0.5,0,100.5,,80.5,20.0,,,,,,,3.0,1"
+      "point,loss.kl_weight,seed,test_neg_elbo_nats,test_nll_nats,test_neg_elbo_bits_per_dim,"
+      "test_nll_bits_per_dim,test_reconstruction_nats,test_kl_nats,test_active_units,"
+      "test_mutual_information_nats,test_active_units_z1,test_active_units_z2,test_kl_nats_z1,"
+      "test_kl_nats_z2,wall_seconds,models_per_program")
+  assert lines[1] == "loss.kl_weight=0.5,0.5,0,100.5,,,,80.5,20.0,,,,,,,3.0,1"

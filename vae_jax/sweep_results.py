@@ -35,6 +35,8 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-imp
 METRICS = (
     ("test_neg_elbo_nats", "test −ELBO (nats)"),
     ("test_nll_nats", "test NLL (nats)"),
+    ("test_neg_elbo_bits_per_dim", "test −ELBO (bits/dim)"),
+    ("test_nll_bits_per_dim", "test NLL (bits/dim)"),
     ("test_reconstruction_nats", "test reconstruction (nats)"),
     ("test_kl_nats", "test KL (nats)"),
     ("test_active_units", "active units"),
