@@ -284,6 +284,7 @@ def test_the_elbo_is_below_iwae_k_below_iwae_10k_on_average(family):
 _DEVICES_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from tests.conformance_test import FIRST_EXAMPLES
+    from tests.helpers import MNIST_SHAPE
     from tests.train_test import _fixed_batch
     from vae_jax import models, parallel, steps
     assert jax.device_count() == 8, jax.devices()

@@ -16,7 +16,7 @@ from tests.helpers import MNIST_SHAPE, run_on_8_devices
 _SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import PartitionSpec as P
-    from tests.helpers import tiny_config
+    from tests.helpers import MNIST_SHAPE, tiny_config
     from tests.train_test import _fixed_batch
     from vae_jax import evaluators, losses, models, parallel, steps
     assert jax.device_count() == 8, jax.devices()
