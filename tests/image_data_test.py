@@ -314,3 +314,47 @@ def test_rgb_tfds_configs_train_on_mock_data_on_1_and_8_devices(tmp_path):
       assert "reconstructions.png" in drawn[devices, name]
   assert drawn[1, "cifar10"] == drawn[8, "cifar10"]
   assert drawn[1, "celeb_a"] == drawn[8, "celeb_a"]
+
+
+@pytest.mark.parametrize("num_runs", [1, 2])
+def test_a_split_over_the_device_budget_streams_from_the_host_with_the_same_numbers(
+    num_runs, tmp_path, monkeypatch):
+  """config.data.max_device_mb below the split's size: the batches come from the host,
+  dispatch by dispatch (10 steps, and the shorter ones at epoch ends), for one run and a
+  vectorized group of two; parameters and every epoch's metrics equal the
+  device-resident run's bit for bit."""
+  import chex  # pylint: disable=g-import-not-at-top
+  from tests.helpers import synthetic_splits, tiny_config  # pylint: disable=g-import-not-at-top
+  from vae_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(input_pipeline, "load_splits", lambda data_config: synthetic_splits())
+  streamed = []
+  monkeypatch.setattr(input_pipeline.HostStream, "__init__", _recording(
+      input_pipeline.HostStream.__init__, streamed))
+
+  def run(name, max_device_mb):
+    configs = []
+    for seed in range(num_runs):
+      config = tiny_config()
+      config.seed = seed
+      config.train.num_steps = 60  # 25 steps per epoch: 2.4 epochs.
+      config.data.max_device_mb = max_device_mb
+      configs.append(config)
+    workdirs = [str(tmp_path / name / str(seed)) for seed in range(num_runs)]
+    train.train_group(configs, workdirs)
+    return [(workdir_lib.read_history(w), workdir_lib.load_run(w)) for w in workdirs]
+
+  resident = run("resident", 4096.0)
+  assert not streamed
+  host = run("host", 0.0)
+  assert streamed
+  for (history_a, run_a), (history_b, run_b) in zip(resident, host):
+    assert history_a == history_b and len(history_a) == 3
+    assert run_a.step == run_b.step == 60
+    chex.assert_trees_all_equal(run_a.params, run_b.params)
+
+
+def _recording(function, calls):
+  def wrapper(*args, **kwargs):
+    calls.append(args)
+    return function(*args, **kwargs)
+  return wrapper

@@ -44,6 +44,7 @@ ALLOWED_VALUES = {
 # and saves, and what is evaluated and drawn. The others shape the trained model.
 RESUME_FREE_KEYS = ("resume_mismatch", "data.manual_dir", "data.tfds_data_dir",
                     "data.image_shape",  # Read from the data (runs before it: empty).
+                    "data.max_device_mb",  # Where the data lives, not what it is.
                     "train.num_epochs", "train.num_steps",  # Longer runs continue exactly.
                     # More stages of the 'iwae' schedule: the earlier stages are the same.
                     "train.schedule_stages",
@@ -89,6 +90,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Carved from the end of a reproducible permutation of train when the dataset has no
   # validation split (5000 gives the 55000/5000 split of the seeds' TF MNIST reader).
   config.data.validation_size = 5000
+  # The training split is held on every device when its images take at most this many MB;
+  # a larger one stays on the host and each dispatch's batches are sent (the same numbers).
+  config.data.max_device_mb = 4096.0
   # For data without a test split (a folder, an .npz, some TFDS datasets): this many
   # examples, before the validation ones at the end of the fixed permutation, are the test
   # split (0: no test split; the final evaluation then uses validation).
@@ -538,6 +542,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(tuple(data.image_shape[:2]) == tuple(data.image_size),
             f"config.data.image_shape={tuple(data.image_shape)!r} disagrees with "
             f"config.data.image_size={tuple(data.image_size)!r}.")
+  require(isinstance(data.max_device_mb, (int, float)) and data.max_device_mb >= 0,
+          f"config.data.max_device_mb={data.max_device_mb!r} must be a number >= 0.")
   value = data.test_size
   require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
           f"config.data.test_size={value!r} must be a non-negative integer.")

@@ -6,6 +6,7 @@ touches tf.data. Offline machines point TFDS at the original files with
 `config.data.manual_dir` or `$VAE_JAX_MANUAL_DIR` (one sub-folder per TFDS dataset name).
 """
 
+import concurrent.futures
 import dataclasses
 import functools
 import os
@@ -333,14 +334,62 @@ def to_model_input(image_uint8: jax.Array, binarization: str, rng: jax.Array) ->
   return image  # 'none' (grayscale) and 'static' (pixels already 0 or 1).
 
 
+class HostStream:
+  """A training split too large for the devices' budget: it stays on the host, and each
+  dispatch's batches are gathered there (the same rows of the same epoch permutation the
+  device-resident path gathers, so training gives the same numbers) and sent to the
+  devices, the next dispatch's while the current one runs.
+
+  The order is fixed before the epoch starts, so a batch is numpy fancy indexing plus one
+  transfer; one prefetch thread is all a loader (tf.data, grain) would add here.
+  """
+
+  def __init__(self, split: Split, sharding: jax.sharding.Sharding):
+    self.split, self.sharding = split, sharding
+    self.labels = (split.labels if split.labels is not None
+                   else np.zeros(split.num_examples, np.int32))
+    self._epoch = (None, None)  # (the device epoch indices, their host copy)
+    self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    self._prefetched = None  # ((host copy's id, first row, count), future)
+
+  def _gather(self, host_indices: np.ndarray, first_row: int, count: int):
+    rows = host_indices[..., first_row:first_row + count, :]
+    flat = rows.reshape(-1)
+    # The chunk's own indices, at the rows the program reads (state.step % steps).
+    positions = np.zeros(host_indices.shape, np.int32)
+    positions[..., first_row:first_row + count, :] = np.arange(
+        flat.size, dtype=np.int32).reshape(rows.shape)
+    chunk = {"image": self.split.images[flat], "label": self.labels[flat]}
+    return jax.device_put(chunk, self.sharding), jax.device_put(positions, self.sharding)
+
+  def batches(self, epoch_indices: jax.Array, first_row: int, count: int):
+    """(dataset, epoch indices) for the train program's `count` steps from the epoch's
+    row `first_row`: the chunk of examples they use, and indices into it."""
+    if self._epoch[0] is not epoch_indices:
+      self._epoch = (epoch_indices, np.asarray(jax.device_get(epoch_indices)))
+    host = self._epoch[1]
+    key = (id(host), first_row, count)
+    if self._prefetched is not None and self._prefetched[0] == key:
+      result = self._prefetched[1].result()
+    else:
+      result = self._gather(host, first_row, count)
+    following = first_row + count
+    self._prefetched = ((id(host), following, count),
+                        self._executor.submit(self._gather, host, following, count)
+                        ) if following + count <= host.shape[-2] else None
+    return result
+
+
 @dataclasses.dataclass(frozen=True)
 class DeviceData:
-  """A group's data: host splits (for figures), device-resident train and eval splits."""
+  """A group's data: host splits (for figures), the train split on the devices (or, over
+  config.data.max_device_mb, `stream` from the host), device-resident eval splits."""
   splits: dict
-  train: dict
+  train: dict | None
   eval: dict  # "validation" and/or "test", the non-empty ones.
   steps_per_epoch: int
   num_steps: int
+  stream: HostStream | None = None
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -363,8 +412,17 @@ def load_device_data(config, mesh: jax.sharding.Mesh) -> DeviceData:
   if steps_per_epoch == 0:
     raise ValueError(f"config.train.batch_size={config.train.batch_size} exceeds the "
                      f"{splits['train'].num_examples} training examples.")
+  train_mb = splits["train"].images.nbytes / 2 ** 20
+  stream = None
+  if train_mb > config.data.max_device_mb:
+    logging.info("The training split (%d images, %.0f MB) exceeds config.data.max_device_mb="
+                 "%g: it stays on the host, and each dispatch's batches are sent to the "
+                 "devices, the next one's while the current one runs.",
+                 splits["train"].num_examples, train_mb, config.data.max_device_mb)
+    stream = HostStream(splits["train"], replicated)
   return DeviceData(
-      splits=splits, train=to_device(splits["train"], replicated),
+      splits=splits, stream=stream,
+      train=None if stream else to_device(splits["train"], replicated),
       eval={name: to_device(splits[name], replicated)
             for name in ("validation", "test") if splits[name].num_examples},
       steps_per_epoch=steps_per_epoch,

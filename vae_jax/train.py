@@ -386,9 +386,12 @@ class Group:
 
   def dispatch(self, count: int) -> None:
     """Runs `count` steps on the device; their metrics stay there until fetched."""
-    args = (self.state, self.data.train,
-            self.epoch_indices(self.step // self.cadence.steps_per_epoch), self.rng_train,
-            count)
+    dataset, indices = self.data.train, self.epoch_indices(
+        self.step // self.cadence.steps_per_epoch)
+    if self.data.stream is not None:  # Over config.data.max_device_mb: from the host.
+      dataset, indices = self.data.stream.batches(
+          indices, self.step % self.cadence.steps_per_epoch, count)
+    args = (self.state, dataset, indices, self.rng_train, count)
     if count in self.compiled_sizes:
       self.state, metrics = self.program(*args)
     else:  # The first call of each program compiles it.
