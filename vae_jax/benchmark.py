@@ -96,14 +96,14 @@ def _peak_memory_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB.
 
 
-def _random_dataset(rng: jax.Array, sharding, config) -> dict[str, jax.Array]:
-  """uint8 images of the config's dataset's shape and labels, on the devices."""
+def _random_dataset(rng: jax.Array, sharding, image_shape,
+                    num_classes: int) -> dict[str, jax.Array]:
+  """uint8 images of `image_shape` and labels, on the devices."""
   image_key, label_key = jax.random.split(rng)
-  image_shape = input_pipeline.configured_image_shape(config)
   return jax.device_put({
       "image": jax.random.randint(image_key, (_NUM_TRAIN,) + image_shape, 0, 256).astype(
           jnp.uint8),
-      "label": jax.random.randint(label_key, (_NUM_TRAIN,), 0, config.model.num_classes)},
+      "label": jax.random.randint(label_key, (_NUM_TRAIN,), 0, num_classes)},
       sharding)
 
 
@@ -176,11 +176,11 @@ def benchmark_config(name: str, rng: jax.Array, roofline_gflops: float, seconds:
   if steps_per_dispatch:
     config.train.steps_per_dispatch = steps_per_dispatch
   config_schema.validate(config)
-  model = models.get_model(config.model, input_pipeline.configured_image_shape(config),
-                           config.dtype)
+  image_shape = input_pipeline.configured_image_shape(config)
+  model = models.get_model(config.model, image_shape, config.dtype)
   mesh = parallel.make_mesh()
   replicated = parallel.replicated(mesh)
-  dataset = _random_dataset(data_key, replicated, config)
+  dataset = _random_dataset(data_key, replicated, image_shape, config.model.num_classes)
   test = jax.device_put({"image": dataset["image"][:_NUM_TEST],
                          "label": dataset["label"][:_NUM_TEST]}, replicated)
   batch_size = config.train.batch_size
@@ -271,11 +271,11 @@ def benchmark_vectorized(name: str, num_models: int, rng: jax.Array, seconds: fl
   do): model-steps/s of each, and their ratio."""
   data_key, init_key, train_key = jax.random.split(rng, 3)
   config = load_config(name)
-  model = models.get_model(config.model, input_pipeline.configured_image_shape(config),
-                           config.dtype)
+  image_shape = input_pipeline.configured_image_shape(config)
+  model = models.get_model(config.model, image_shape, config.dtype)
   mesh = parallel.make_mesh()
   replicated = parallel.replicated(mesh)
-  dataset = _random_dataset(data_key, replicated, config)
+  dataset = _random_dataset(data_key, replicated, image_shape, config.model.num_classes)
   batch_size, per_dispatch = config.train.batch_size, config.train.steps_per_dispatch
   steps_per_epoch = _NUM_TRAIN // batch_size
   epoch_indices = _epoch_indices(batch_size, replicated)

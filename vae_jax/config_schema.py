@@ -656,8 +656,6 @@ def with_data(config, image_shape: tuple[int, int, int], num_train: int,
   if errors:
     raise ValueError(f"The config does not fit the data {config.data.name!r}:\n  "
                      + "\n  ".join(errors))
-  resolved = ml_collections.ConfigDict(config.to_dict())
+  resolved = config.copy_and_resolve_references()  # Locked as `config` is.
   resolved.data.image_shape = image_shape
-  if config.is_locked:
-    resolved.lock()
   return resolved

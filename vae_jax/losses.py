@@ -155,16 +155,13 @@ def logistic_mixture_mean(decoded: dict) -> jax.Array:
   """E[x|z] in [0, 1] of the mixture: each component's coupled means (linear in x, so
   exact for the logistic's mean; the bins' clipping at the ends is ignored), weighted."""
   means = decoded["means"]
-  expected, channels = [], means.shape[-2]
-  pair = 0
-  for c in range(channels):
-    mean = means[..., c, :]
-    for j in range(c):
-      mean = mean + decoded["coeffs"][..., pair, :] * expected[j]
-      pair += 1
-    expected.append(mean)
+  # Channel c's mean given the earlier channels' expectations; the coupling is strictly
+  # lower triangular, so C - 1 substitutions make every channel's exact.
+  expected = means
+  for _ in range(means.shape[-2] - 1):
+    expected = _coupled_means(expected, means, decoded["coeffs"])
   weights = jax.nn.softmax(decoded["logits"])[..., None, :]
-  x = jnp.sum(jnp.stack(expected, axis=-2) * weights, axis=-1)
+  x = jnp.sum(expected * weights, axis=-1)
   return jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)
 
 
