@@ -316,6 +316,7 @@ def test_rgb_tfds_configs_train_on_mock_data_on_1_and_8_devices(tmp_path):
   assert drawn[1, "celeb_a"] == drawn[8, "celeb_a"]
 
 
+@pytest.mark.slow  # Whole (tiny) training runs, four of them.
 @pytest.mark.parametrize("num_runs", [1, 2])
 def test_a_split_over_the_device_budget_streams_from_the_host_with_the_same_numbers(
     num_runs, tmp_path, monkeypatch):

@@ -218,8 +218,14 @@ def test_aggregate_writes_the_paired_table_into_results_md_and_the_report(tmp_pa
     (tmp_path / "sweep" / run.name).mkdir(parents=True)
     (tmp_path / "sweep" / run.name / "result.json").write_text(json.dumps({
         "summary": {"test_neg_elbo_nats": value, "test_reconstruction_nats": value - 20.0,
-                    "test_kl_nats": 20.0},
+                    "test_kl_nats": 20.0, "step": 100},
         "wall_seconds": 3.0, "models_per_program": 1, "machine": "a test"}))
+    # The sample quality that `python -m vae_jax.evaluate` merges into eval.json: counted
+    # for the final step's raw weights (seed 0), not for another checkpoint's (seed 1).
+    (tmp_path / "sweep" / run.name / "eval.json").write_text(json.dumps({
+        "step": 100 if run.seed == 0 else 50, "weights": "raw", "split": "test",
+        "sample_quality": {"fd": 10.0 * run.point["loss.kl_weight"], "precision": 0.5,
+                           "recall": 0.25}}))
   sweep_results.aggregate(definition, runs, str(tmp_path / "sweep"), name="tiny",
                           report_dir=str(tmp_path / "report"), baseline="loss.kl_weight=1.0")
   for text in ((tmp_path / "sweep" / "results.md").read_text(),
@@ -234,5 +240,7 @@ def test_aggregate_writes_the_paired_table_into_results_md_and_the_report(tmp_pa
       "point,loss.kl_weight,seed,test_neg_elbo_nats,test_nll_nats,test_neg_elbo_bits_per_dim,"
       "test_nll_bits_per_dim,test_reconstruction_nats,test_kl_nats,test_active_units,"
       "test_mutual_information_nats,test_active_units_z1,test_active_units_z2,test_kl_nats_z1,"
-      "test_kl_nats_z2,wall_seconds,models_per_program")
-  assert lines[1] == "loss.kl_weight=0.5,0.5,0,100.5,,,,80.5,20.0,,,,,,,3.0,1"
+      "test_kl_nats_z2,test_sample_fd,test_sample_precision,test_sample_recall,"
+      "wall_seconds,models_per_program")
+  assert lines[1] == "loss.kl_weight=0.5,0.5,0,100.5,,,,80.5,20.0,,,,,,,5.0,0.5,0.25,3.0,1"
+  assert lines[2] == "loss.kl_weight=0.5,0.5,1,101.5,,,,81.5,20.0,,,,,,,,,,3.0,1"
