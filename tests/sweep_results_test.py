@@ -233,6 +233,8 @@ def test_aggregate_writes_the_paired_table_into_results_md_and_the_report(tmp_pa
     assert "Paired differences to `loss.kl_weight=1.0`" in text
     assert "| 0.5 | 2 | **-0.50 [-0.50, -0.50]** |" in text
     assert "| 2.0 | 2 | **+1.00 [+1.00, +1.00]** |" in text
+    # The sample quality of seed 0 alone; precision and recall to 3 decimals.
+    assert "| 5.00 | 0.500 | 0.250 |" in text
   assert (tmp_path / "sweep" / "test_neg_elbo_nats.png").stat().st_size > 1000
   # results.csv names each metric's column exactly as the summary key it comes from.
   lines = (tmp_path / "sweep" / "results.csv").read_text().splitlines()

@@ -54,6 +54,9 @@ METRICS = (
     ("test_sample_precision", "precision"),
     ("test_sample_recall", "recall"),
 )
+# Decimals shown in the tables where 2 would hide the differences.
+DIGITS = {"test_neg_elbo_bits_per_dim": 4, "test_nll_bits_per_dim": 4,
+          "test_sample_precision": 3, "test_sample_recall": 3}
 # Those columns' keys in eval.json's sample_quality.
 SAMPLE_QUALITY = {"test_sample_fd": "fd", "test_sample_precision": "precision",
                   "test_sample_recall": "recall"}
@@ -291,7 +294,7 @@ def markdown(name: str, sweep, keys: list[str], groups: list[dict], rows: list[d
             "|" + " --- |" * (len(keys) + 2 + len(metrics))]
   for group in groups:
     cells = [str(format_value(group["point"].get(k, ""))) for k in keys] + [str(group["seeds"])]
-    cells += [_format(group[column]) for column, _ in metrics]
+    cells += [_format(group[column], DIGITS.get(column, 2)) for column, _ in metrics]
     cells.append(_format(group["wall_seconds"], 0))
     lines.append("| " + " | ".join(cells) + " |")
   lines.append("")
@@ -307,12 +310,12 @@ def _seed_values(rows: list[dict], name: str, column: str) -> dict:
           if row["point"] == name and row.get(column) not in ("", None)}
 
 
-def _format_difference(difference: dict | None) -> str:
+def _format_difference(difference: dict | None, digits: int = 2) -> str:
   if difference is None or difference["num_seeds"] == 0:
     return "—"
-  text = f"{difference['mean']:+.2f}"
+  text = f"{difference['mean']:+.{digits}f}"
   if difference["num_seeds"] > 1:
-    text += f" [{difference['low']:+.2f}, {difference['high']:+.2f}]"
+    text += f" [{difference['low']:+.{digits}f}, {difference['high']:+.{digits}f}]"
   return f"**{text}**" if difference["significant"] else text
 
 
@@ -332,7 +335,8 @@ def paired_table(sweep, keys: list[str], rows: list[dict], columns: list[str],
                    for column in columns}
     num_seeds = max(d["num_seeds"] for d in differences.values())
     table.append(([str(format_value(point.get(k, ""))) for k in keys] + [str(num_seeds)]
-                  + [_format_difference(differences[column]) for column in columns],
+                  + [_format_difference(differences[column], DIGITS.get(column, 2))
+                     for column in columns],
                   num_seeds))
   counts = sorted({num_seeds for _, num_seeds in table if num_seeds})
   if not counts:
