@@ -27,8 +27,9 @@ setuptools.setup(
     ],
     extras_require={
         # A gs:// workdir is tested against an in-memory GCS emulator on localhost.
-        "test": ["pytest>=7", "chex>=0.1.87", "gcp-storage-emulator>=2026.7.19",
-                 "cryptography>=42"],
+        # pytest-xdist runs the tests in one worker per CPU (pytest.ini).
+        "test": ["pytest>=7", "pytest-xdist>=3.5", "chex>=0.1.87",
+                 "gcp-storage-emulator>=2026.7.19", "cryptography>=42"],
         # The accelerator builds of JAX: pip install -e '.[cuda]' (NVIDIA GPUs, CUDA 13
         # wheels; '.[cuda12]' for CUDA 12 drivers) or -e '.[tpu]' (Cloud TPU VMs).
         "cuda": ["jax[cuda13]>=0.10"],

@@ -2,13 +2,13 @@
 cache and flags. The helpers that tests import are in tests/helpers.py."""
 
 import os
-import subprocess
-import sys
 
 import jax
 import pytest
 
-from tests.helpers import REPO_ROOT, manual_dir
+from tests.helpers import manual_dir
+from vae_jax import config_schema
+from vae_jax import input_pipeline
 
 # One XLA compilation cache for the test runs, this process's and its subprocesses' (they
 # inherit the environment): many tests build the same tiny programs, a cache hit loads the
@@ -52,6 +52,25 @@ def pytest_configure(config):
     os.environ["XLA_FLAGS"] = user_flags
 
 
+# pytest-xdist (`-n auto` in pytest.ini) spreads the tests over worker processes, one per
+# CPU up to _MAX_WORKERS (each holds JAX and TensorFlow, about 1.5 GB).
+_MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config):
+  del config  # The hook's signature.
+  return max(1, min(len(os.sched_getaffinity(0)), _MAX_WORKERS))
+
+
+def pytest_collection_modifyitems(config, items):
+  """The tests of Fashion-MNIST and binarized MNIST run in one worker (--dist loadgroup),
+  so that those two are prepared once."""
+  del config  # The hook's signature.
+  for item in items:
+    if "prepared_datasets" in getattr(item, "fixturenames", ()):
+      item.add_marker(pytest.mark.xdist_group("prepared_datasets"))
+
+
 @pytest.fixture(scope="session")
 def mnist_manual_dir() -> str:
   path = manual_dir()
@@ -60,51 +79,25 @@ def mnist_manual_dir() -> str:
   return path
 
 
-@pytest.fixture(scope="session")
-def tfds_data_dir(tmp_path_factory) -> str:
-  """A fresh TFDS data dir per session, so the real preparation path is exercised."""
-  return str(tmp_path_factory.mktemp("tensorflow_datasets"))
-
-
-# Prepared by a second process while the first slow tests run (about 35 s together, on the
-# core that the test process's compilations leave idle); MNIST is prepared by the tests.
-_PREPARED_IN_BACKGROUND = ("fashion_mnist", "binarized_mnist")
-_PREPARE_SCRIPT = """
-import sys
-from vae_jax import config_schema, input_pipeline
-for name in sys.argv[3:]:
+def _prepare(name: str, manual_dir_path: str, tfds_data_dir_path: str) -> None:
   data = config_schema.default_config().data
-  data.name, data.manual_dir, data.tfds_data_dir = name, sys.argv[1], sys.argv[2]
+  data.name, data.manual_dir, data.tfds_data_dir = name, manual_dir_path, tfds_data_dir_path
   input_pipeline.load_splits(data)
-"""
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _prepare_in_background(request):
-  """Starts preparing _PREPARED_IN_BACKGROUND into tfds_data_dir when slow tests (the
-  ones that read them) are selected and the offline files exist; `prepared_datasets`
-  waits for it. One process per dataset folder: two preparing one at once collide."""
-  path = manual_dir()
-  if path is None or not any(item.get_closest_marker("slow") for item in request.session.items):
-    yield None
-    return
-  data_dir = request.getfixturevalue("tfds_data_dir")
-  log_path = os.path.join(data_dir, "background_preparation.log")
-  with open(log_path, "w") as log:
-    process = subprocess.Popen(
-        [sys.executable, "-c", _PREPARE_SCRIPT, path, data_dir, *_PREPARED_IN_BACKGROUND],
-        cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-  yield process, log_path
-  if process.poll() is None:
-    process.kill()
-    process.wait()
 
 
 @pytest.fixture(scope="session")
-def prepared_datasets(_prepare_in_background, mnist_manual_dir, tfds_data_dir) -> str:
-  """tfds_data_dir once _PREPARED_IN_BACKGROUND are prepared in it."""
-  process, log_path = _prepare_in_background
-  if process.wait(timeout=900) != 0:
-    with open(log_path) as log:
-      pytest.fail(f"Preparing {_PREPARED_IN_BACKGROUND} failed:\n{log.read()[-5000:]}")
+def tfds_data_dir(tmp_path_factory, mnist_manual_dir) -> str:
+  """A fresh TFDS data dir per worker process, so the real preparation path is exercised,
+  with MNIST prepared in it before any test or subprocess reads it (two processes
+  preparing one dataset at once collide; some tests start two runs together)."""
+  path = str(tmp_path_factory.mktemp("tensorflow_datasets"))
+  _prepare("mnist", mnist_manual_dir, path)
+  return path
+
+
+@pytest.fixture(scope="session")
+def prepared_datasets(mnist_manual_dir, tfds_data_dir) -> str:
+  """tfds_data_dir with Fashion-MNIST and binarized MNIST prepared too."""
+  for name in ("fashion_mnist", "binarized_mnist"):
+    _prepare(name, mnist_manual_dir, tfds_data_dir)
   return tfds_data_dir
