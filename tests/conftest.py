@@ -6,8 +6,7 @@ import os
 import jax
 import pytest
 
-from tests.helpers import manual_dir
-from vae_jax import config_schema
+from tests.helpers import data_config, manual_dir
 from vae_jax import input_pipeline
 
 # One XLA compilation cache for the test runs, this process's and its subprocesses' (they
@@ -79,19 +78,13 @@ def mnist_manual_dir() -> str:
   return path
 
 
-def _prepare(name: str, manual_dir_path: str, tfds_data_dir_path: str) -> None:
-  data = config_schema.default_config().data
-  data.name, data.manual_dir, data.tfds_data_dir = name, manual_dir_path, tfds_data_dir_path
-  input_pipeline.load_splits(data)
-
-
 @pytest.fixture(scope="session")
 def tfds_data_dir(tmp_path_factory, mnist_manual_dir) -> str:
   """A fresh TFDS data dir per worker process, so the real preparation path is exercised,
   with MNIST prepared in it before any test or subprocess reads it (two processes
   preparing one dataset at once collide; some tests start two runs together)."""
   path = str(tmp_path_factory.mktemp("tensorflow_datasets"))
-  _prepare("mnist", mnist_manual_dir, path)
+  input_pipeline.load_splits(data_config("mnist", mnist_manual_dir, path))
   return path
 
 
@@ -99,5 +92,5 @@ def tfds_data_dir(tmp_path_factory, mnist_manual_dir) -> str:
 def prepared_datasets(mnist_manual_dir, tfds_data_dir) -> str:
   """tfds_data_dir with Fashion-MNIST and binarized MNIST prepared too."""
   for name in ("fashion_mnist", "binarized_mnist"):
-    _prepare(name, mnist_manual_dir, tfds_data_dir)
+    input_pipeline.load_splits(data_config(name, mnist_manual_dir, tfds_data_dir))
   return tfds_data_dir

@@ -24,6 +24,15 @@ def manual_dir() -> str | None:
   return None
 
 
+def data_config(name: str, manual_dir_path: str, tfds_data_dir: str,
+                validation_size: int = 5000):
+  """The default config.data for TFDS dataset `name` read from the offline files."""
+  data = config_schema.default_config().data
+  data.name, data.manual_dir, data.tfds_data_dir = name, manual_dir_path, tfds_data_dir
+  data.validation_size = validation_size
+  return data
+
+
 # The MNIST family's images, which most tests model (the loop reads a run's shape from its
 # data; tests that build a model directly pass this).
 MNIST_SHAPE = (28, 28, 1)

@@ -4,6 +4,7 @@ images (a folder, an .npz) with their refusals, and RGB configs end to end."""
 import math
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +18,9 @@ from vae_jax import input_pipeline
 from vae_jax import losses
 from vae_jax import models
 from vae_jax import train
-from tests.helpers import REPO_ROOT, run_on_8_devices, shipped_config
+from vae_jax import workdir as workdir_lib
+from tests.helpers import (REPO_ROOT, run_on_8_devices, shipped_config, synthetic_splits,
+                           tiny_config)
 
 _VALUES = np.arange(256)
 _X = 2.0 * _VALUES / 255.0 - 1.0  # The 256 bin centres in [-1, 1].
@@ -324,9 +327,6 @@ def test_a_split_over_the_device_budget_streams_from_the_host_with_the_same_numb
   dispatch by dispatch (10 steps, and the shorter ones at epoch ends), for one run and a
   vectorized group of two; parameters and every epoch's metrics equal the
   device-resident run's bit for bit."""
-  import chex  # pylint: disable=g-import-not-at-top
-  from tests.helpers import synthetic_splits, tiny_config  # pylint: disable=g-import-not-at-top
-  from vae_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(input_pipeline, "load_splits", lambda data_config: synthetic_splits())
   streamed = []
   monkeypatch.setattr(input_pipeline.HostStream, "__init__", _recording(

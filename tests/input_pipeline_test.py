@@ -10,21 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import config_schema
+from tests.helpers import data_config
 from vae_jax import input_pipeline
-
-
-def _data_config(name, manual_dir, tfds_data_dir, validation_size=5000):
-  data = config_schema.default_config().data
-  data.name, data.manual_dir, data.tfds_data_dir = name, manual_dir, tfds_data_dir
-  data.validation_size = validation_size
-  return data
 
 
 @pytest.mark.slow
 def test_mnist_splits_match_the_published_counts_and_means(mnist_manual_dir, tfds_data_dir,
                                                            monkeypatch):
-  splits = input_pipeline.load_splits(_data_config("mnist", mnist_manual_dir, tfds_data_dir))
+  splits = input_pipeline.load_splits(data_config("mnist", mnist_manual_dir, tfds_data_dir))
   assert {k: v.num_examples for k, v in splits.items()} == {
       "train": 55000, "validation": 5000, "test": 10000}
   assert splits["train"].images.dtype == np.uint8
@@ -37,13 +30,13 @@ def test_mnist_splits_match_the_published_counts_and_means(mnist_manual_dir, tfd
   np.testing.assert_allclose(splits["test"].images.mean(), 33.791, atol=5e-4)
   # A second load_splits returns the process's arrays.
   assert input_pipeline.load_splits(
-      _data_config("mnist", mnist_manual_dir, tfds_data_dir)) is splits
+      data_config("mnist", mnist_manual_dir, tfds_data_dir)) is splits
   # A new process reads the decoded arrays the first read cached, bit for bit, and the
   # carved validation split is TFDS's own slice of the training split.
   cache = os.path.join(tfds_data_dir, "mnist", "3.0.1", input_pipeline.DECODED_ARRAYS_FILE)
   assert os.path.isfile(cache)
   again = input_pipeline._load_splits(  # pylint: disable=protected-access
-      _data_config("mnist", mnist_manual_dir, tfds_data_dir))
+      data_config("mnist", mnist_manual_dir, tfds_data_dir))
   for name, split in splits.items():
     np.testing.assert_array_equal(again[name].images, split.images)
     np.testing.assert_array_equal(again[name].labels, split.labels)
@@ -60,7 +53,7 @@ def test_mnist_splits_match_the_published_counts_and_means(mnist_manual_dir, tfd
   monkeypatch.setattr(input_pipeline.logging, "warning",
                       lambda fmt, *args: warnings.append(fmt % args))
   repaired = input_pipeline._load_splits(  # pylint: disable=protected-access
-      _data_config("mnist", mnist_manual_dir, tfds_data_dir))
+      data_config("mnist", mnist_manual_dir, tfds_data_dir))
   np.testing.assert_array_equal(repaired["train"].images, splits["train"].images)
   assert len(warnings) == 1 and "does not load" in warnings[0], warnings
   assert os.path.getsize(cache) == size
@@ -69,7 +62,7 @@ def test_mnist_splits_match_the_published_counts_and_means(mnist_manual_dir, tfd
 @pytest.mark.slow
 def test_fashion_mnist_loads(mnist_manual_dir, prepared_datasets):
   splits = input_pipeline.load_splits(
-      _data_config("fashion_mnist", mnist_manual_dir, prepared_datasets))
+      data_config("fashion_mnist", mnist_manual_dir, prepared_datasets))
   np.testing.assert_array_equal(np.bincount(splits["test"].labels), [1000] * 10)
   all_train = np.concatenate([splits["train"].images, splits["validation"].images])
   np.testing.assert_allclose(all_train.mean(), 72.940, atol=5e-4)
@@ -78,7 +71,7 @@ def test_fashion_mnist_loads(mnist_manual_dir, prepared_datasets):
 @pytest.mark.slow
 def test_binarized_mnist_uses_its_own_splits(mnist_manual_dir, prepared_datasets):
   splits = input_pipeline.load_splits(
-      _data_config("binarized_mnist", mnist_manual_dir, prepared_datasets))
+      data_config("binarized_mnist", mnist_manual_dir, prepared_datasets))
   assert {k: v.num_examples for k, v in splits.items()} == {
       "train": 50000, "validation": 10000, "test": 10000}
   assert splits["train"].labels is None
@@ -114,7 +107,7 @@ def test_missing_files_fail_fast_naming_the_files_and_the_variable(tmp_path):
   (tmp_path / "manual" / "mnist").mkdir(parents=True)
   start = time.time()
   with pytest.raises(input_pipeline.DataError) as error:
-    input_pipeline.load_splits(_data_config("mnist", str(tmp_path / "manual"),
+    input_pipeline.load_splits(data_config("mnist", str(tmp_path / "manual"),
                                             str(tmp_path / "tfds")))
   assert time.time() - start < 30
   message = str(error.value)
@@ -130,7 +123,7 @@ def test_offline_without_manual_dir_fails_fast(tmp_path, monkeypatch):
   monkeypatch.setattr(socket, "create_connection", unreachable)
   start = time.time()
   with pytest.raises(input_pipeline.DataError, match="VAE_JAX_MANUAL_DIR"):
-    input_pipeline.load_splits(_data_config("mnist", "", str(tmp_path / "tfds")))
+    input_pipeline.load_splits(data_config("mnist", "", str(tmp_path / "tfds")))
   assert time.time() - start < 30
 
 
@@ -144,6 +137,6 @@ def test_corrupt_file_is_reported_as_corrupt(tmp_path, mnist_manual_dir):
   data[100] ^= 0xFF
   corrupt.write_bytes(bytes(data))
   with pytest.raises(input_pipeline.DataError, match="corrupt") as error:
-    input_pipeline.load_splits(_data_config("mnist", str(tmp_path / "manual"),
+    input_pipeline.load_splits(data_config("mnist", str(tmp_path / "manual"),
                                             str(tmp_path / "tfds")))
   assert "t10k-labels-idx1-ubyte.gz" in str(error.value)
