@@ -94,11 +94,11 @@ def mixture_component_log_densities(z: jax.Array, mean: jax.Array,
                                     logvar: jax.Array) -> jax.Array:
   """log N(z; mean_k, exp(logvar_k)) for every component k: z (..., D), mean and logvar
   (K, D) -> (..., K). losses.diagonal_gaussian_log_density on a (..., K, D) broadcast
-  gives the same numbers, but reducing over the short minor axis D is slow on CPU: at
-  k = 5000 importance samples and K = 500 it made 89% of the test NLL's time. A scan over
-  D adding (..., K) slices is 6.5 times faster on one core and as exact (tests/
-  vampprior_test.py); the matmul expansion z^2/v - 2zm/v + m^2/v would be faster still but
-  loses about 0.1 nats to cancellation when trained posteriors are narrow."""
+  gives the same numbers, but reducing over the short minor axis D is slow on CPU, and at
+  k = 5000 importance samples and K = 500 it dominated the test NLL. A scan over D adding
+  (..., K) slices is as exact (tests/vampprior_test.py) and much faster; the matmul
+  expansion z^2/v - 2zm/v + m^2/v would be faster still but loses about 0.1 nats to
+  cancellation when trained posteriors are narrow."""
   dimensions = jnp.moveaxis(z, -1, 0), mean.T, jnp.exp(-logvar).T
 
   def term(z_d, mean_d, inverse_variance_d):
