@@ -25,7 +25,28 @@ def _check_png(fig, tmp_path, name="figure.png"):
 def test_reconstructions(tmp_path):
   rng = np.random.default_rng(0)
   fig = figures.reconstructions(_images(rng, 5), _images(rng, 5), labels=np.arange(5))
+  assert figures.row_labels(fig) == ["input", "reconstruction"]
+  assert figures.column_labels(fig) == ["0", "1", "2", "3", "4"]
   _check_png(fig, tmp_path)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_grid_is_one_image_of_its_tiles_in_place_with_white_gaps(channels):
+  rng = np.random.default_rng(0)
+  images = rng.uniform(size=(7, 28, 28, channels)).astype(np.float32)
+  fig = figures.image_grid(images)  # 7 images: 3 columns, 3 rows, 2 blank tiles.
+  [axis] = fig.axes
+  tiled = np.asarray(axis.get_images()[0].get_array())
+  step = 28 + 2  # A tile and its gap.
+  assert tiled.shape[:2] == (3 * step - 2, 3 * step - 2)
+  for index in range(9):
+    top, left = index // 3 * step, index % 3 * step
+    tile = tiled[top:top + 28, left:left + 28]
+    expected = images[min(index, 6)].squeeze(-1) if channels == 1 else images[min(index, 6)]
+    np.testing.assert_array_equal(tile, expected if index < 7 else np.ones_like(expected))
+  np.testing.assert_array_equal(tiled[28:30], 1.0)  # The gap under the first row.
+  np.testing.assert_array_equal(tiled[:, 58:60], 1.0)  # The gap right of the second column.
+  figures.close(fig)
 
 
 def test_reconstructions_with_title(tmp_path):
@@ -105,14 +126,14 @@ def test_latent_scatter_without_labels(tmp_path):
 def test_class_grid(tmp_path):
   rng = np.random.default_rng(0)
   fig = figures.class_grid(_images(rng, 10, 2), title="one z per column")
-  assert fig.axes[0].get_ylabel() == "0"
+  assert figures.row_labels(fig) == [str(digit) for digit in range(10)]
   _check_png(fig, tmp_path)
 
 
 def test_class_grid_with_names(tmp_path):
   rng = np.random.default_rng(0)
   fig = figures.class_grid(_images(rng, 2, 3), class_names=["zero", "one"])
-  assert [fig.axes[0].get_ylabel(), fig.axes[3].get_ylabel()] == ["zero", "one"]
+  assert figures.row_labels(fig) == ["zero", "one"]
   _check_png(fig, tmp_path)
 
 
@@ -120,8 +141,8 @@ def test_interpolations(tmp_path):
   rng = np.random.default_rng(0)
   fig = figures.interpolations(_images(rng, 3, 8), _images(rng, 3), _images(rng, 3),
                                title="interpolations")
-  assert len(fig.axes) == 3 * (8 + 2)
-  assert fig.axes[0].get_title() == "start" and fig.axes[9].get_title() == "end"
+  assert figures.column_labels(fig) == ["start"] + [""] * 8 + ["end"]
+  assert len(fig.axes[0].patches) == 3 * 2  # The start and end digits framed.
   _check_png(fig, tmp_path)
 
 
@@ -131,7 +152,8 @@ def test_denoising(tmp_path):
   clean = _images(rng, 3)
   noisy = np.clip(clean[None] + rng.normal(size=(4, 3, 28, 28, 1)) * 0.3, 0.0, 1.0)
   fig = figures.denoising(clean, noisy, _images(rng, 4, 3), stds, title="denoising")
-  row_labels = [fig.axes[row * 3].get_ylabel() for row in range(1 + 2 * len(stds))]
+  row_labels = figures.row_labels(fig)
+  assert len(row_labels) == 1 + 2 * len(stds)
   assert row_labels[:3] == ["clean", "noisy σ=0.1", "reconstructed σ=0.1"]
   assert row_labels[-1] == "reconstructed σ=0.5"
   _check_png(fig, tmp_path)

@@ -5,6 +5,7 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")  # Files only; never needs a display.
+import matplotlib.patches  # pylint: disable=g-import-not-at-top
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
@@ -28,42 +29,75 @@ def _pixels_batch(images) -> np.ndarray:
   return images[..., 0] if images.shape[-1] == 1 else images
 
 
-def _show(axis, image):
-  axis.imshow(_pixels(image), cmap="gray", vmin=0.0, vmax=1.0)
-  axis.set_xticks([])
-  axis.set_yticks([])
+# White gaps between tiles, in image pixels.
+_GAP = 2
 
 
-def _row_label(axis, text):
-  # Horizontal so long labels like "reconstructed σ=0.1" read naturally; tight_layout makes room.
-  axis.set_ylabel(text, rotation=0, ha="right", va="center", fontsize=10)
+def _tile(rows) -> tuple[np.ndarray, int, int]:
+  """Rows of equal-shaped images (None leaves a tile blank) as one image with white gaps:
+  (pixels, tile height, tile width). One image in one axes draws in a fraction of the
+  time of one axes per image, which grows with the tiles (a 10x10 grid: 100 axes)."""
+  first = next(_pixels(image) for row in rows for image in row if image is not None)
+  height, width = first.shape[:2]
+  columns = max(len(row) for row in rows)
+  tiled = np.ones(((height + _GAP) * len(rows) - _GAP, (width + _GAP) * columns - _GAP)
+                  + first.shape[2:], np.float32)
+  for i, row in enumerate(rows):
+    for j, image in enumerate(row):
+      if image is not None:
+        top, left = i * (height + _GAP), j * (width + _GAP)
+        tiled[top:top + height, left:left + width] = _pixels(image)
+  return tiled, height, width
 
 
-def _frame(axis, color, width=2.5):
+def _tiled_axis(rows, figsize, row_labels=None, column_labels=None):
+  """(fig, axis, tile height, tile width): the tiles of `rows` in one axes, a label left
+  of each row and above each column where given ("" for none)."""
+  tiled, height, width = _tile(rows)
+  fig, axis = plt.subplots(figsize=figsize)
+  axis.imshow(tiled, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
   for spine in axis.spines.values():
-    spine.set_edgecolor(color)
-    spine.set_linewidth(width)
+    spine.set_visible(False)
+  axis.tick_params(length=0, top=False, bottom=False, labelbottom=False,
+                   labeltop=column_labels is not None)
+  axis.set_yticks([i * (height + _GAP) + (height - 1) / 2 for i in range(len(rows))],
+                  row_labels or [""] * len(rows), fontsize=10)
+  columns = max(len(row) for row in rows)
+  axis.set_xticks([j * (width + _GAP) + (width - 1) / 2 for j in range(columns)],
+                  column_labels or [""] * columns, fontsize=10)
+  return fig, axis, height, width
+
+
+def row_labels(fig: plt.Figure) -> list[str]:
+  """The labels left of a tiled figure's rows."""
+  return [label.get_text() for label in fig.axes[0].get_yticklabels()]
+
+
+def column_labels(fig: plt.Figure) -> list[str]:
+  """The labels above a tiled figure's columns."""
+  return [label.get_text() for label in fig.axes[0].get_xticklabels()]
 
 
 def _finish(fig, title):
   if title:
     fig.suptitle(title)
   fig.tight_layout()
+  if any(axis.get_images() for axis in fig.axes):
+    # An image keeps its aspect by narrowing its axes after the layout; the layout
+    # again, once that is known, keeps the row labels inside the figure.
+    fig.draw_without_rendering()
+    fig.tight_layout()
   return fig
 
 
 def reconstructions(originals, reconstructed, labels=None, title: str = "") -> plt.Figure:
-  """Originals (top row) over their reconstructions (bottom row), labels as titles."""
+  """Originals (top row) over their reconstructions (bottom row), labels above."""
   num = len(originals)
-  fig, axes = plt.subplots(2, num, figsize=(1.1 * num, 2.6 + (0.3 if title else 0.0)),
-                           squeeze=False)
-  for column in range(num):
-    _show(axes[0, column], originals[column])
-    _show(axes[1, column], reconstructed[column])
-    if labels is not None:
-      axes[0, column].set_title(str(int(labels[column])), fontsize=10)
-  axes[0, 0].set_ylabel("input")
-  axes[1, 0].set_ylabel("reconstruction")
+  fig, _, _, _ = _tiled_axis(
+      [list(originals), list(reconstructed)],
+      figsize=(1.1 * num + 1.2, 2.6 + (0.3 if title else 0.0)),
+      row_labels=["input", "reconstruction"],
+      column_labels=None if labels is None else [str(int(label)) for label in labels])
   return _finish(fig, title)
 
 
@@ -72,13 +106,11 @@ def image_grid(images, title: str = "") -> plt.Figure:
   num = len(images)
   columns = math.ceil(math.sqrt(num))
   rows = math.ceil(num / columns)
-  fig, axes = plt.subplots(rows, columns, figsize=(0.9 * columns, 0.9 * rows + 0.4),
-                           squeeze=False)
-  for index, axis in enumerate(axes.flat):
-    if index < num:
-      _show(axis, images[index])
-    else:
-      axis.axis("off")
+  grid = [[images[index] if index < num else None
+           for index in range(row * columns, (row + 1) * columns)] for row in range(rows)]
+  fig, axis, _, _ = _tiled_axis(grid, figsize=(0.9 * columns, 0.9 * rows + 0.4))
+  axis.set_yticks([])
+  axis.set_xticks([])
   return _finish(fig, title)
 
 
@@ -160,14 +192,10 @@ def class_grid(images, class_names=None, title: str = "") -> plt.Figure:
   num_classes, num_per_class = np.asarray(images).shape[:2]
   if class_names is None:
     class_names = [str(row) for row in range(num_classes)]
-  fig, axes = plt.subplots(num_classes, num_per_class,
-                           figsize=(0.9 * num_per_class + 0.6,
-                                    0.9 * num_classes + (0.4 if title else 0.0)),
-                           squeeze=False)
-  for row in range(num_classes):
-    for column in range(num_per_class):
-      _show(axes[row, column], images[row][column])
-    _row_label(axes[row, 0], str(class_names[row]))
+  fig, _, _, _ = _tiled_axis(
+      [list(row) for row in images],
+      figsize=(0.9 * num_per_class + 0.6, 0.9 * num_classes + (0.4 if title else 0.0)),
+      row_labels=[str(name) for name in class_names])
   return _finish(fig, title)
 
 
@@ -175,39 +203,30 @@ def interpolations(paths, starts, ends, title: str = "") -> plt.Figure:
   """Per row: the start digit, decodings along a latent line, the end digit (framed)."""
   num_pairs, num_steps = np.asarray(paths).shape[:2]
   columns = num_steps + 2
-  fig, axes = plt.subplots(num_pairs, columns,
-                           figsize=(0.9 * columns, 0.9 * num_pairs + 0.3 + (0.4 if title else 0.0)),
-                           squeeze=False)
+  fig, axis, height, width = _tiled_axis(
+      [[starts[row], *paths[row], ends[row]] for row in range(num_pairs)],
+      figsize=(0.9 * columns, 0.9 * num_pairs + 0.3 + (0.4 if title else 0.0)),
+      column_labels=["start"] + [""] * num_steps + ["end"])
+  for label in (axis.get_xticklabels()[0], axis.get_xticklabels()[-1]):
+    label.set_color(_ORIGINAL_COLOR)
   for row in range(num_pairs):
-    _show(axes[row, 0], starts[row])
-    for step in range(num_steps):
-      _show(axes[row, step + 1], paths[row][step])
-    _show(axes[row, -1], ends[row])
-    _frame(axes[row, 0], _ORIGINAL_COLOR)
-    _frame(axes[row, -1], _ORIGINAL_COLOR)
-  axes[0, 0].set_title("start", fontsize=10, color=_ORIGINAL_COLOR)
-  axes[0, -1].set_title("end", fontsize=10, color=_ORIGINAL_COLOR)
+    for column in (0, columns - 1):  # Frames the real test digits.
+      axis.add_patch(matplotlib.patches.Rectangle(
+          (column * (width + _GAP) - 0.5, row * (height + _GAP) - 0.5), width, height,
+          fill=False, edgecolor=_ORIGINAL_COLOR, linewidth=2.5))
   return _finish(fig, title)
 
 
 def denoising(clean, noisy, reconstructed, noise_stds, title: str = "") -> plt.Figure:
   """Clean images, then per noise level a row of noisy inputs and a row of reconstructions."""
   num = len(clean)
-  levels = len(noise_stds)
-  rows = 1 + 2 * levels
-  fig, axes = plt.subplots(rows, num,
-                           figsize=(0.9 * num + 1.8, 0.9 * rows + (0.4 if title else 0.0)),
-                           squeeze=False)
-  for column in range(num):
-    _show(axes[0, column], clean[column])
-  _row_label(axes[0, 0], "clean")
+  rows, labels = [list(clean)], ["clean"]
   for level, std in enumerate(noise_stds):
-    noisy_row, reconstructed_row = 1 + 2 * level, 2 + 2 * level
-    for column in range(num):
-      _show(axes[noisy_row, column], noisy[level][column])
-      _show(axes[reconstructed_row, column], reconstructed[level][column])
-    _row_label(axes[noisy_row, 0], f"noisy σ={std:g}")
-    _row_label(axes[reconstructed_row, 0], f"reconstructed σ={std:g}")
+    rows += [list(noisy[level]), list(reconstructed[level])]
+    labels += [f"noisy σ={std:g}", f"reconstructed σ={std:g}"]
+  fig, _, _, _ = _tiled_axis(
+      rows, figsize=(0.9 * num + 1.8, 0.9 * len(rows) + (0.4 if title else 0.0)),
+      row_labels=labels)
   return _finish(fig, title)
 
 
