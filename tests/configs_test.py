@@ -123,6 +123,7 @@ def test_bad_config_args_are_refused(name, arg, message):
     shipped_config(name, arg)
 
 
+@pytest.mark.slow  # A subprocess.
 def test_configs_load_by_path_from_another_directory(tmp_path):
   """As config_flags loads them: the parser comes with vae_jax, not with `configs`."""
   script = ("import sys; from vae_jax import config_schema; "

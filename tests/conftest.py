@@ -1,6 +1,7 @@
 """Shared fixtures and pytest hooks: the offline TFDS source, the XLA compilation
 cache and flags. The helpers that tests import are in tests/helpers.py."""
 
+import fcntl
 import os
 
 import jax
@@ -61,13 +62,24 @@ def pytest_xdist_auto_num_workers(config):
   return max(1, min(len(os.sched_getaffinity(0)), _MAX_WORKERS))
 
 
+# First, so that the marks are there when xdist's own hook reads them.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-  """The tests of Fashion-MNIST and binarized MNIST run in one worker (--dist loadgroup),
-  so that those two are prepared once."""
+  """Tests that share an expensive fixture run in one worker (--dist loadgroup), so that
+  it is built once: those of a module-scoped fixture of their own module (a trained
+  group, a background run), and those of Fashion-MNIST and binarized MNIST, so that
+  those two are prepared once."""
   del config  # The hook's signature.
   for item in items:
     if "prepared_datasets" in getattr(item, "fixturenames", ()):
       item.add_marker(pytest.mark.xdist_group("prepared_datasets"))
+      continue
+    fixtures = getattr(item, "_fixtureinfo", None)
+    for definitions in (fixtures.name2fixturedefs.values() if fixtures else ()):
+      if any(d.scope == "module" and d.baseid == item.nodeid.split("::")[0]
+             for d in definitions):
+        item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+        break
 
 
 @pytest.fixture(scope="session")
@@ -80,12 +92,18 @@ def mnist_manual_dir() -> str:
 
 @pytest.fixture(scope="session")
 def tfds_data_dir(tmp_path_factory, mnist_manual_dir) -> str:
-  """A fresh TFDS data dir per worker process, so the real preparation path is exercised,
-  with MNIST prepared in it before any test or subprocess reads it (two processes
-  preparing one dataset at once collide; some tests start two runs together)."""
-  path = str(tmp_path_factory.mktemp("tensorflow_datasets"))
-  input_pipeline.load_splits(data_config("mnist", mnist_manual_dir, path))
-  return path
+  """A fresh TFDS data dir for the test run, so the real preparation path is exercised,
+  with MNIST prepared in it before any test or subprocess reads it. The xdist workers
+  share it: the first prepares it while the others wait on a lock (two processes
+  preparing one dataset at once collide)."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # The run's folder, above each worker's own.
+  path = root / "tensorflow_datasets"
+  with open(root / "tensorflow_datasets.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
+    input_pipeline.load_splits(data_config("mnist", mnist_manual_dir, str(path)))
+  return str(path)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from tests.helpers import MNIST_SHAPE, tiny_config
 from tests.linear_models import linear_gaussian_vae
@@ -73,6 +74,7 @@ def test_kl_per_dimension_sums_to_the_total_kl():
                              result["latent_kl_nats"], rtol=1e-6)
 
 
+@pytest.mark.slow  # Compile-heavy: the full suite only.
 def test_two_layer_shares_sum_to_the_sampled_kl_in_expectation():
   config = config_schema.load_shipped("iwae", "layers=2")
   model = models.get_model(config.model, MNIST_SHAPE)

@@ -125,7 +125,8 @@ def test_the_monte_carlo_kl_is_the_samples_mean_and_unbiased():
   assert abs(per_sample.mean() - float(closed["kl_nats"])) < 4 * per_sample.std() / np.sqrt(4000)
 
 
-@pytest.mark.parametrize("free_bits", [0.01, 0.2, 2.0])
+@pytest.mark.parametrize("free_bits", [pytest.param(0.01, marks=pytest.mark.slow), 0.2,
+                                       pytest.param(2.0, marks=pytest.mark.slow)])
 def test_free_bits_of_a_two_layer_model_clamp_each_layer(free_bits):
   """loss = reconstruction + sum_l max(KL_l, lambda * units_l), KL_l each layer's sampled
   log q - log p (float64, from the model's own densities); the reported KL stays the

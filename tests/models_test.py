@@ -39,7 +39,9 @@ VARIANTS = [(name, conditional, likelihood)
 
 
 @pytest.mark.parametrize("name, conditional, likelihood", VARIANTS)
-@pytest.mark.parametrize("batch_size", [1, 7])
+# A batch of 1 in the full suite only (-m "not slow" keeps the batch of 7, and the
+# conformance suite checks batches of 1 and 7 for every family).
+@pytest.mark.parametrize("batch_size", [pytest.param(1, marks=pytest.mark.slow), 7])
 def test_output_shapes_and_batched_equals_per_example(name, conditional, likelihood,
                                                       batch_size):
   model = models.get_model(_model_config(name, conditional, likelihood), MNIST_SHAPE)
@@ -107,7 +109,7 @@ def test_conditional_model_without_a_label_says_so():
     model.apply(variables, jnp.zeros(3), method=model.decode)
 
 
-@pytest.mark.parametrize("name", ["mlp", "conv"])
+@pytest.mark.parametrize("name", ["mlp", pytest.param("conv", marks=pytest.mark.slow)])
 def test_dropout_is_active_in_training_and_off_in_evaluation_and_sampling(name):
   model = models.get_model(_model_config(name, dropout_rate=0.5), MNIST_SHAPE)
   variables = _init(model)
@@ -156,7 +158,7 @@ def test_unknown_model_name_is_refused():
     models.get_model(_model_config("transformer"), MNIST_SHAPE)
 
 
-@pytest.mark.parametrize("name", ["mlp", "conv"])
+@pytest.mark.parametrize("name", ["mlp", pytest.param("conv", marks=pytest.mark.slow)])
 def test_bfloat16_computes_in_bfloat16_with_float32_parameters_and_outputs(name):
   config = config_schema.default_config()
   config.model.name = name

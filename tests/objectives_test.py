@@ -67,7 +67,7 @@ def test_each_bound_is_its_formula_of_the_samples_log_weights():
                              rtol=1e-5)
 
 
-@pytest.mark.parametrize("stochastic_layers", [1, 2])
+@pytest.mark.parametrize("stochastic_layers", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_piwae_trains_the_inference_networks_on_miwae_and_the_rest_on_iwae(
     stochastic_layers):
   """PIWAE's gradient is MIWAE's for the inference networks (model.inference_networks)

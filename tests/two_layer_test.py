@@ -95,6 +95,7 @@ def test_sampled_elbo_of_the_exact_posteriors_is_the_log_likelihood():
   assert float(terms["kl_nats"]) > 0.1  # A real, sampled KL term, not zero by construction.
 
 
+@pytest.mark.slow  # Compile-heavy; nll_test.py checks the one-layer case in the fast subset.
 def test_poorer_posteriors_approach_the_log_likelihood_from_below_as_k_grows():
   model, params, x_mean, x_cov = _linear_gaussian_hierarchy()
   params["bottom_encoder"]["c"] = params["bottom_encoder"]["c"] + 0.3

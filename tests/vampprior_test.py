@@ -46,6 +46,7 @@ def test_the_prior_is_the_mixture_of_the_posteriors_at_the_pseudo_inputs():
   np.testing.assert_allclose(decoded["logits"], direct["logits"], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # Compile-heavy (float64 beside float32): the full suite only.
 def test_the_component_densities_hold_for_narrow_posteriors_far_from_the_origin():
   """mixture_component_log_densities against float64 where trained posteriors make
   cancellation bite (means of scale 3 around 2, variances near e^-6, z drawn from the

@@ -292,6 +292,7 @@ def test_workdir_files_land_in_the_bucket_as_they_do_locally(gcs, tmp_path, monk
   assert not any(name.endswith(".tmp") for name in _bucket_files(gcs, "files"))
 
 
+@pytest.mark.slow  # Orbax's writes through the emulator.
 def test_checkpoints_save_list_and_restore_in_the_bucket(gcs, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   config = tiny_config()
