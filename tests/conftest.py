@@ -7,7 +7,7 @@ import os
 import jax
 import pytest
 
-from tests.helpers import data_config, manual_dir
+from tests.helpers import FAST_COMPILE_FLAGS, data_config, manual_dir
 from vae_jax import input_pipeline
 
 # One XLA compilation cache for the test runs, this process's and its subprocesses' (they
@@ -29,8 +29,9 @@ for _name, _value in _CACHE_SETTINGS.items():
 # instead of 81 s (2-core VM, empty cache). The arithmetic is the same up to float
 # rounding (no fused multiply-adds), and each comparison in a test runs both sides here.
 # XLA reads XLA_FLAGS when the backend starts, so the flags are set for that moment only:
-# the subprocesses that tests start (the CLIs, resume, multi-host) compile as users' runs do.
-_FAST_COMPILE = "--xla_backend_optimization_level=0"
+# the subprocesses that tests start (the CLIs, resume, multi-host) compile as users' runs do,
+# but for the scripts on 8 fake devices (helpers.run_on_8_devices), which compare numbers.
+_FAST_COMPILE = FAST_COMPILE_FLAGS
 # The fast subset (-m "not slow", the edit-test loop) also uses XLA's older CPU fusion
 # emitters, which compile a small program in about 2/3 of the time (53 s instead of 67 s
 # for the subset, empty cache). Not in the full suite: with them, programs that split the

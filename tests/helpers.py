@@ -98,17 +98,20 @@ def perturbed(params, scale=0.1, seed=1):
                                    for leaf, key in zip(leaves, keys)])
 
 
+# How the tests' own process compiles (tests/conftest.py says why), and the scripts on 8
+# fake devices (run_on_8_devices), which compare numbers computed under the same flags.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0"
+
+
 def run_on_8_devices(script: str, devices: int = 8) -> str:
   """Runs a Python script in a subprocess with 8 (or `devices`) fake CPU devices
   (XLA_FLAGS must be set before JAX is imported) from the repository root; asserts it
-  succeeded and returns its stdout. Like the tests' own process it compiles without
-  LLVM's optimization passes (tests/conftest.py): it compiles more than it runs, and
-  what it compares it computes under the same flags."""
+  succeeded and returns its stdout. It compiles as the tests' own process does
+  (FAST_COMPILE_FLAGS): what it compares it computes under the same flags."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=(f"--xla_force_host_platform_device_count={devices} "
-                        "--xla_backend_optimization_level=0"))
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE_FLAGS}")
   result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stdout + result.stderr[-5000:]
