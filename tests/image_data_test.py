@@ -301,22 +301,18 @@ print(json.dumps(printed))
 
 
 @pytest.mark.slow
-def test_rgb_tfds_configs_train_on_mock_data_on_1_and_8_devices(tmp_path):
+def test_rgb_tfds_configs_train_on_mock_data_on_8_devices(tmp_path):
   """cifar10 (32x32x3, labelled) and celeb_a (218x178x3 resized to 32x32, unlabelled) from
-  tfds.testing.mock_data: uniform noise pixels, so about 8 bits/dim or more untrained."""
+  tfds.testing.mock_data, sharded over 8 devices: uniform noise pixels, so about 8
+  bits/dim or more untrained. (Colour images on 1 device: the folder test above.)"""
   import json  # pylint: disable=g-import-not-at-top
-  drawn = {}
-  for devices in (8, 1):
-    script = _MOCK_RUNS.replace("WORKDIR", str(tmp_path / str(devices)))
-    printed = json.loads(run_on_8_devices(script, devices).strip().splitlines()[-1])
-    assert printed["devices"] == devices
-    for name in ("cifar10", "celeb_a"):
-      assert 7.5 < printed[name] < 12.0, (name, printed)
-      figures_dir = tmp_path / str(devices) / name / "figures"
-      drawn[devices, name] = sorted(p.name for p in figures_dir.glob("*.png"))
-      assert "reconstructions.png" in drawn[devices, name]
-  assert drawn[1, "cifar10"] == drawn[8, "cifar10"]
-  assert drawn[1, "celeb_a"] == drawn[8, "celeb_a"]
+  script = _MOCK_RUNS.replace("WORKDIR", str(tmp_path))
+  printed = json.loads(run_on_8_devices(script).strip().splitlines()[-1])
+  assert printed["devices"] == 8
+  for name in ("cifar10", "celeb_a"):
+    assert 7.5 < printed[name] < 12.0, (name, printed)
+    drawn = {p.name for p in (tmp_path / name / "figures").glob("*.png")}
+    assert {"reconstructions.png", "prior_samples.png", "denoising.png"} <= drawn, (name, drawn)
 
 
 @pytest.mark.slow  # Whole (tiny) training runs, four of them.
