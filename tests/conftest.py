@@ -31,7 +31,7 @@ for _name, _value in _CACHE_SETTINGS.items():
 # XLA reads XLA_FLAGS when the backend starts, so the flags are set for that moment only:
 # the subprocesses that tests start (the CLIs, resume, multi-host) compile as users' runs do,
 # but for the scripts on 8 fake devices (helpers.run_on_8_devices), which compare numbers.
-_FAST_COMPILE = FAST_COMPILE_FLAGS
+# These flags are helpers.FAST_COMPILE_FLAGS.
 # The fast subset (-m "not slow", the edit-test loop) also uses XLA's older CPU fusion
 # emitters, which compile a small program in about 2/3 of the time (53 s instead of 67 s
 # for the subset, empty cache). Not in the full suite: with them, programs that split the
@@ -41,7 +41,7 @@ _FASTER_COMPILE = "--xla_cpu_use_fusion_emitters=false"
 
 
 def pytest_configure(config):
-  flags = _FAST_COMPILE
+  flags = FAST_COMPILE_FLAGS
   if "not slow" in (config.option.markexpr or ""):
     flags += " " + _FASTER_COMPILE
   user_flags = os.environ.get("XLA_FLAGS")
