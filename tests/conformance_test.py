@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import (MNIST_SHAPE, assert_refused, fixed_batch_step, perturbed,
-                           run_on_8_devices, tiny_config)
+                           run_script, tiny_config)
 from vae_jax import checkpoint
 from vae_jax import figures
 from vae_jax import input_pipeline
@@ -318,7 +318,7 @@ _DEVICES_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow  # A subprocess that compiles two training programs per family.
 def test_a_group_on_8_devices_equals_each_run_alone_on_1():
-  stdout = run_on_8_devices(_DEVICES_SCRIPT)
+  stdout = run_script(_DEVICES_SCRIPT, devices=8)
   assert len(FIRST_EXAMPLES) == len(models.FAMILIES)
   for name in FIRST_EXAMPLES:
     assert f"a group on 8 devices equals each run alone on 1: {name}\n" in stdout, name

@@ -7,7 +7,7 @@ import os
 import jax
 import pytest
 
-from tests.helpers import FAST_COMPILE_FLAGS, data_config, manual_dir
+from tests.helpers import FAST_COMPILE_FLAGS, OLDER_EMITTERS_FLAG, data_config, manual_dir
 from vae_jax import input_pipeline
 
 # One XLA compilation cache for the test runs, this process's and its subprocesses' (they
@@ -26,26 +26,19 @@ for _name, _value in _CACHE_SETTINGS.items():
 
 # This process compiles hundreds of small programs and runs most of them once, so LLVM's
 # optimization passes cost more than they save: without them the fast subset ran in 58 s
-# instead of 81 s (2-core VM, empty cache). The arithmetic is the same up to float
-# rounding (no fused multiply-adds), and each comparison in a test runs both sides here.
-# XLA reads XLA_FLAGS when the backend starts, so the flags are set for that moment only:
-# the subprocesses that tests start (the CLIs, resume, multi-host) compile as users' runs do,
-# but for the scripts on 8 fake devices (helpers.run_on_8_devices), which compare numbers.
-# These flags are helpers.FAST_COMPILE_FLAGS.
-# The fast subset (-m "not slow", the edit-test loop) also uses XLA's older CPU fusion
-# emitters, which compile a small program in about 2/3 of the time (53 s instead of 67 s
-# for the subset, empty cache). Not in the full suite: with them, programs that split the
-# same steps differently (a resumed run's dispatches) can differ in the last bit, and the
-# slow tests check that resuming is bitwise exact under the default emitters users get.
-_FASTER_COMPILE = "--xla_cpu_use_fusion_emitters=false"
+# instead of 81 s (2-core VM, empty cache). XLA's older CPU fusion emitters compile a small
+# program in about 2/3 of the time again (53 s instead of 67 s). The arithmetic is the
+# same up to float rounding (no fused multiply-adds, other fusions), and each comparison
+# in a test computes both sides here, or both in one script (helpers.run_script, which
+# says which checks run there and why). XLA reads XLA_FLAGS when the backend starts, so
+# the flags are set for that moment only: the command lines that tests start (main,
+# evaluate, sample, sweep, benchmark; resume, faults, multi-host) compile as users' runs do.
 
 
 def pytest_configure(config):
-  flags = FAST_COMPILE_FLAGS
-  if "not slow" in (config.option.markexpr or ""):
-    flags += " " + _FASTER_COMPILE
+  del config  # The hook's signature.
   user_flags = os.environ.get("XLA_FLAGS")
-  os.environ["XLA_FLAGS"] = f"{user_flags or ''} {flags}"
+  os.environ["XLA_FLAGS"] = f"{user_flags or ''} {FAST_COMPILE_FLAGS} {OLDER_EMITTERS_FLAG}"
   jax.devices()  # Starts the backend with the flags.
   if user_flags is None:
     del os.environ["XLA_FLAGS"]

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from tests.helpers import MNIST_SHAPE, run_on_8_devices
+from tests.helpers import MNIST_SHAPE, run_script
 
 _SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
@@ -88,7 +88,7 @@ _SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_training_and_evaluation_give_the_same_numbers_on_1_and_8_devices():
-  stdout = run_on_8_devices(_SCRIPT)
+  stdout = run_script(_SCRIPT, devices=8)
   for what in ("gradients and metrics of one step", "metrics and parameters after one step",
                "a vectorized group's parameters and metrics", "-ELBO evaluation",
                "per-example NLL"):

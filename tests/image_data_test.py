@@ -19,7 +19,7 @@ from vae_jax import losses
 from vae_jax import models
 from vae_jax import train
 from vae_jax import workdir as workdir_lib
-from tests.helpers import (REPO_ROOT, run_on_8_devices, shipped_config, synthetic_splits,
+from tests.helpers import (REPO_ROOT, run_script, shipped_config, synthetic_splits,
                            tiny_config)
 
 _VALUES = np.arange(256)
@@ -307,7 +307,7 @@ def test_rgb_tfds_configs_train_on_mock_data_on_8_devices(tmp_path):
   bits/dim or more untrained. (Colour images on 1 device: the folder test above.)"""
   import json  # pylint: disable=g-import-not-at-top
   script = _MOCK_RUNS.replace("WORKDIR", str(tmp_path))
-  printed = json.loads(run_on_8_devices(script).strip().splitlines()[-1])
+  printed = json.loads(run_script(script, devices=8).strip().splitlines()[-1])
   assert printed["devices"] == 8
   for name in ("cifar10", "celeb_a"):
     assert 7.5 < printed[name] < 12.0, (name, printed)

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import synthetic_splits, tiny_config
+from tests.helpers import run_script, synthetic_splits, tiny_config
 from vae_jax import input_pipeline
 from vae_jax import steps
 from vae_jax import train
@@ -139,20 +139,26 @@ def test_configs_that_need_different_programs_are_refused():
     steps.check_vectorizable(configs)
 
 
-def test_a_group_resumes_where_it_stopped(trained, tmp_path, monkeypatch):
-  """Stopped at step 30 (mid-epoch), then run again to step 53: the same end as the
-  group trained straight through, bit for bit."""
-  monkeypatch.setattr(input_pipeline, "load_splits", lambda data_config: synthetic_splits())
-  _, together, _, _ = trained
+def _train_straight_and_stopped(root):
+  """Two runs as a group straight to step 53, and stopped at step 30 (mid-epoch, mid-
+  dispatch) then run again to 53: run by run_script, under the emitters users get
+  (tests/helpers.py says why)."""
+  input_pipeline.load_splits = lambda data_config: synthetic_splits()
   configs = [_config(*point) for point in _POINTS[:2]]
-  workdirs = [str(tmp_path / f"run_{i}") for i in range(2)]
-  for config in configs:
-    config.train.num_steps = 30
-  train.train_group(configs, workdirs)
-  for config in configs:
-    config.train.num_steps = 53
-  train.train_group(configs, workdirs)
-  for workdir, straight in zip(workdirs, together[:2]):
+  train.train_group(configs, [f"{root}/straight_{i}" for i in range(2)])
+  for num_steps in (30, 53):
+    for config in configs:
+      config.train.num_steps = num_steps
+    train.train_group(configs, [f"{root}/run_{i}" for i in range(2)])
+
+
+def test_a_group_resumes_where_it_stopped(tmp_path):
+  """Stopped at step 30, then run again to step 53: the same end as the group trained
+  straight through, bit for bit."""
+  run_script("from tests.vectorized_test import _train_straight_and_stopped\n"
+             f"_train_straight_and_stopped({str(tmp_path)!r})", devices=1)
+  for index in range(2):
+    workdir, straight = tmp_path / f"run_{index}", tmp_path / f"straight_{index}"
     step, params = _params(workdir)
     assert step == 53
     chex.assert_trees_all_equal(params, _params(straight)[1])
