@@ -199,7 +199,10 @@ def test_an_unknown_baseline_is_refused_before_training_or_writing(tmp_path):
     sweep.run_sweep(str(REPO_ROOT / "experiments" / "kl_weight.py"), str(tmp_path / "runs"),
                     baseline="loss.kl_weight=3.0")
   assert not (tmp_path / "runs").exists()
-  # --aggregate_only's path: aggregate refuses it before writing anything.
+  # --aggregate_only's path (and aggregate itself) refuse it before writing anything.
+  with pytest.raises(ValueError, match=expected):
+    sweep.aggregate_sweep(str(REPO_ROOT / "experiments" / "kl_weight.py"),
+                          str(tmp_path / "runs"), baseline="loss.kl_weight=3.0")
   name, definition = sweep.load_sweep(str(REPO_ROOT / "experiments" / "kl_weight.py"))
   runs = sweep.expand(definition, str(tmp_path / "runs"))
   with pytest.raises(ValueError, match=expected):

@@ -113,8 +113,7 @@ def test_two_shards_split_the_runs_then_a_rerun_skips_them(tmp_path, mnist_manua
   # Runs 0 and 2 went to process 0, runs 1 and 3 (seed 1) to process 1.
   assert "Training loss.kl_weight=0.5/seed=0." in logs[0]
   assert "Training loss.kl_weight=0.5/seed=1." in logs[1]
-  _run_sweep(f"--sweep={sweep_file}", f"--workdir={workdir}", "--aggregate_only",
-             manual_dir=mnist_manual_dir)
+  sweep.aggregate_sweep(str(sweep_file), str(workdir))  # What --aggregate_only runs.
   _check_results(workdir, models_per_program=1)
   _check_skips_finished_runs(sweep_file, workdir, monkeypatch, "sequential")
 

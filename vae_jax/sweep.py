@@ -211,10 +211,21 @@ def run_sweep(sweep_path: str, workdir: str, *, mode: str = "sequential",
       logging.error("Failed: %s: %s", names, error)
       failed += [run.name for run in group]
   if jax.process_index() == 0:
-    sweep_results.aggregate(with_overrides(sweep, extra_overrides), runs, workdir,
-                            name=name, report_dir=report_dir, command=command,
-                            baseline=baseline)
+    aggregate_sweep(sweep_path, workdir, extra_overrides=extra_overrides,
+                    report_dir=report_dir, command=command, baseline=baseline)
   return failed
+
+
+def aggregate_sweep(sweep_path: str, workdir: str, *, extra_overrides: dict | None = None,
+                    report_dir: str | None = None, command: str = "",
+                    baseline: str | None = None) -> None:
+  """Collects the sweep's finished runs into workdir's results (and report_dir's
+  README.md), with paired differences to `baseline` (a point's name; None: the first)."""
+  name, sweep = load_sweep(sweep_path)
+  runs = expand(sweep, workdir, extra_overrides)
+  sweep_results.baseline_name(sweep, baseline)
+  sweep_results.aggregate(with_overrides(sweep, extra_overrides), runs, workdir, name=name,
+                          report_dir=report_dir, command=command, baseline=baseline)
 
 
 FLAGS = flags.FLAGS
@@ -263,12 +274,8 @@ def main(argv):
   command = " ".join(["python -m vae_jax.sweep"] + sys.argv[1:])
   try:
     if FLAGS.aggregate_only:
-      name, sweep = load_sweep(FLAGS.sweep)
-      runs = expand(sweep, FLAGS.workdir, _parse_set(FLAGS.set))
-      sweep_results.baseline_name(sweep, FLAGS.baseline)
-      sweep_results.aggregate(with_overrides(sweep, _parse_set(FLAGS.set)), runs,
-                              FLAGS.workdir, name=name, report_dir=FLAGS.report,
-                              command=command, baseline=FLAGS.baseline)
+      aggregate_sweep(FLAGS.sweep, FLAGS.workdir, extra_overrides=_parse_set(FLAGS.set),
+                      report_dir=FLAGS.report, command=command, baseline=FLAGS.baseline)
       return
     failed = run_sweep(FLAGS.sweep, FLAGS.workdir, mode=FLAGS.mode,
                        max_models_per_program=FLAGS.max_models_per_program,
