@@ -26,13 +26,14 @@ for _name, _value in _CACHE_SETTINGS.items():
 
 # This process compiles hundreds of small programs and runs most of them once, so LLVM's
 # optimization passes cost more than they save: without them the fast subset ran in 58 s
-# instead of 81 s (2-core VM, empty cache). XLA's older CPU fusion emitters compile a small
-# program in about 2/3 of the time again (53 s instead of 67 s). The arithmetic is the
-# same up to float rounding (no fused multiply-adds, other fusions), and each comparison
-# in a test computes both sides here, or both in one script (helpers.run_script, which
-# says which checks run there and why). XLA reads XLA_FLAGS when the backend starts, so
-# the flags are set for that moment only: the command lines that tests start (main,
-# evaluate, sample, sweep, benchmark; resume, faults, multi-host) compile as users' runs do.
+# instead of 81 s (2-core VM, empty cache). XLA's older CPU fusion emitters then compile a
+# small program in about 2/3 of the time (the subset in 53 s instead of 67 s). The
+# arithmetic is the same up to float rounding (no fused multiply-adds, other fusions), and
+# a bitwise comparison computes both sides under the same flags: here, or both in one
+# script (helpers.run_script, which says which checks run there and why). XLA reads
+# XLA_FLAGS when the backend starts, so the flags are set for that moment only: the
+# command lines that tests start (main, evaluate, sample, sweep, benchmark; resume,
+# faults, multi-host) compile as users' runs do.
 
 
 def pytest_configure(config):
