@@ -101,11 +101,8 @@ def perturbed(params, scale=0.1, seed=1):
 # How the tests' own process compiles (tests/conftest.py says why) and the scripts it runs
 # in a fresh process (run_script): without LLVM's optimization passes.
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0"
-# The tests' own process also uses XLA's older CPU fusion emitters, which compile a small
-# program in about 2/3 of the time. Not the scripts: with these emitters, two programs
-# that split the same steps differently (a resumed run's dispatches) can differ in the
-# last bit, so the checks that resuming is bitwise exact run as scripts, under the
-# emitters users get.
+# The tests' own process also compiles with XLA's older CPU fusion emitters (conftest.py
+# says why); the scripts do not (run_script says why).
 OLDER_EMITTERS_FLAG = "--xla_cpu_use_fusion_emitters=false"
 
 
@@ -113,7 +110,9 @@ def run_script(script: str, devices: int) -> str:
   """Runs a Python script in a fresh process with `devices` fake CPU devices (XLA_FLAGS
   must be set before JAX is imported) from the repository root, compiled with
   FAST_COMPILE_FLAGS and XLA's default emitters; asserts it succeeded and returns its
-  stdout."""
+  stdout. With the older emitters, two programs that split the same steps differently (a
+  resumed run's dispatches) can differ in the last bit, so the checks that resuming is
+  bitwise exact train here, under the emitters users get."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   env = dict(os.environ, JAX_PLATFORMS="cpu",

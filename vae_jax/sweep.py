@@ -211,19 +211,20 @@ def run_sweep(sweep_path: str, workdir: str, *, mode: str = "sequential",
       logging.error("Failed: %s: %s", names, error)
       failed += [run.name for run in group]
   if jax.process_index() == 0:
-    aggregate_sweep(sweep_path, workdir, extra_overrides=extra_overrides,
-                    report_dir=report_dir, command=command, baseline=baseline)
+    sweep_results.aggregate(with_overrides(sweep, extra_overrides), runs, workdir,
+                            name=name, report_dir=report_dir, command=command,
+                            baseline=baseline)
   return failed
 
 
 def aggregate_sweep(sweep_path: str, workdir: str, *, extra_overrides: dict | None = None,
                     report_dir: str | None = None, command: str = "",
                     baseline: str | None = None) -> None:
-  """Collects the sweep's finished runs into workdir's results (and report_dir's
-  README.md), with paired differences to `baseline` (a point's name; None: the first)."""
+  """What --aggregate_only runs: collects the sweep's finished runs into workdir's
+  results (and report_dir's README.md), as run_sweep does after training, with paired
+  differences to `baseline` (a point's name; None: the first)."""
   name, sweep = load_sweep(sweep_path)
   runs = expand(sweep, workdir, extra_overrides)
-  sweep_results.baseline_name(sweep, baseline)
   sweep_results.aggregate(with_overrides(sweep, extra_overrides), runs, workdir, name=name,
                           report_dir=report_dir, command=command, baseline=baseline)
 
